@@ -1,0 +1,77 @@
+"""The ``fidkit`` command line: a thin layer over the Python API.
+
+Each verb lives in its own module of this package and exposes ``add_parser(subparsers)``, which
+registers the verb and sets ``func`` (taking the parsed namespace, returning an exit code). Verb
+modules import torch only inside ``func``, so ``fidkit --help`` and argument errors stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from fidkit import __version__
+from fidkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FidkitError
+
+#: Verb modules, in the order ``--help`` lists them.
+VERBS: tuple[str, ...] = ("stats", "compare", "info", "convert", "weights", "dicom", "conv")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        # One line on stderr, exit 2: the same shape as every other fidkit error.
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fidkit",
+        description="Frechet Inception Distance (and KID, IS) that says how every number was made.",
+        epilog="Exit codes: 0 ok, 1 internal error (a bug), 2 usage or bad input, "
+        "3 weights unavailable, 4 the two sides were made differently (use --force), 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"fidkit {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for name in VERBS:
+        try:
+            module = importlib.import_module(f"fidkit.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fidkit.cli.{name}":
+                continue  # a verb not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also used by ``python -m fidkit``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    debug = bool(os.environ.get("FIDKIT_DEBUG"))
+    try:
+        return int(args.func(args) or 0)
+    except FidkitError as exc:
+        if debug:
+            raise
+        print(f"fidkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fidkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if debug:
+            raise
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        print(
+            f"fidkit: internal error: {detail} (this is a bug in fidkit; rerun with FIDKIT_DEBUG=1 "
+            "for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,55 @@
+"""The one table of constants that the API, the CLI and the tests share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where the FID Inception weights live and how to recognise the real file."""
+
+    filename: str
+    sha256: str
+    size: int
+    urls: tuple[str, ...]
+
+
+#: The TF "2015-12-05" Inception graph ported to PyTorch by pytorch-fid; torch-fidelity serves the
+#: same bytes as a mirror. The hash is checked after every download and on every cache hit.
+FID_WEIGHTS = WeightsSpec(
+    filename="pt_inception-2015-12-05-6726825d.pth",
+    sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    size=95_628_359,
+    urls=(
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+        "pt_inception-2015-12-05-6726825d.pth",
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+        "weights-inception-2015-12-05-6726825d.pth",
+    ),
+)
+
+#: Feature taps of the FID Inception: channels of the 64/192/768 blocks, pool_3, and the logits.
+TAP_DIMS: tuple[int, ...] = (64, 192, 768, 2048)
+LOGITS_DIM = 1008
+DEFAULT_DIMS = 2048
+INPUT_SIZE = 299
+
+#: The preprocessing conventions fidkit reproduces; see :mod:`fidkit.preprocess`.
+DEFAULT_CONVENTION = "tf1"
+
+#: Environment variable that points at a local weights file (offline use).
+WEIGHTS_ENV = "FIDKIT_WEIGHTS"
+#: Environment variable that overrides the cache folder.
+CACHE_ENV = "FIDKIT_CACHE"
+
+DEFAULT_BATCH_SIZE = 50
+
+#: Image file suffixes read from folders (compared case-insensitively).
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm",
+)
+ARRAY_SUFFIXES: tuple[str, ...] = (".npy", ".npz")
+STATS_SUFFIXES: tuple[str, ...] = (".pkl", ".npz", ".pt", ".pth")
+
+#: Decompression-bomb guard: images with more pixels than this are refused.
+MAX_IMAGE_PIXELS = 178_956_970  # PIL's own default, stated here so it cannot drift

@@ -1,0 +1,247 @@
+"""The FID Inception weights: find, download (hash-checked, atomic, cached), load, or make test ones.
+
+Resolution order: an explicit path (``--weights`` / ``weights=``), then ``$FIDKIT_WEIGHTS``, then
+the cache (``$FIDKIT_CACHE``, else torch hub's checkpoint folder, which pytorch-fid also uses), then
+a download from :data:`fidkit.defaults.FID_WEIGHTS` ``.urls`` in order. ``FIDKIT_OFFLINE=1`` forbids
+the download. A cached file whose SHA-256 is wrong is moved aside and fetched again.
+
+Weights that are not the canonical file (for example those ``fidkit weights make-test`` writes for
+tests) are accepted when given explicitly, and every result computed with them says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from fidkit.defaults import CACHE_ENV, FID_WEIGHTS, WEIGHTS_ENV, WeightsSpec
+from fidkit.errors import WeightsError
+from fidkit.fileio import atomic_writer
+
+OFFLINE_ENV = "FIDKIT_OFFLINE"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    path: Path
+    sha256: str
+    canonical: bool
+
+    def describe(self) -> dict:
+        return {"sha256": self.sha256, "canonical": self.canonical, "file": self.path.name}
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``$FIDKIT_CACHE``, else ``$TORCH_HOME/hub/checkpoints``
+    (``$XDG_CACHE_HOME/torch`` or ``~/.cache/torch`` when TORCH_HOME is unset)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    torch_home = os.environ.get("TORCH_HOME")
+    if not torch_home:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        torch_home = os.path.join(xdg, "torch")
+    return Path(torch_home).expanduser() / "hub" / "checkpoints"
+
+
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, memoised on (path, size, mtime) within the process."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(block)
+        _HASH_MEMO[key] = digest.hexdigest()
+    return _HASH_MEMO[key]
+
+
+def _explain_manual(spec: WeightsSpec, target: Path) -> str:
+    return (
+        f"download {spec.urls[0]} (SHA-256 {spec.sha256}, {spec.size} bytes) and save it as "
+        f"{target}, or pass --weights PATH / set {WEIGHTS_ENV}"
+    )
+
+
+def resolve_weights(
+    path: str | os.PathLike | None = None,
+    *,
+    spec: WeightsSpec = FID_WEIGHTS,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> ResolvedWeights:
+    """Return a verified weights file, downloading the canonical one if needed.
+
+    Raises :class:`WeightsError` when the file is missing, unreadable, or cannot be fetched.
+    """
+    explicit = path if path is not None else os.environ.get(WEIGHTS_ENV) or None
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise WeightsError(f"weights file {p} does not exist; {_explain_manual(spec, p)}")
+        try:
+            sha = file_sha256(p)
+        except OSError as exc:
+            raise WeightsError(f"cannot read weights file {p}: {exc.strerror}") from None
+        return ResolvedWeights(p, sha, sha == spec.sha256)
+
+    target = cache_dir() / spec.filename
+    if target.is_file():
+        try:
+            sha = file_sha256(target)
+        except OSError as exc:
+            raise WeightsError(f"cannot read cached weights {target}: {exc.strerror}") from None
+        if sha == spec.sha256:
+            return ResolvedWeights(target, sha, True)
+        # Corrupted or partial: keep it for inspection, never use it.
+        aside = target.with_name(target.name + ".corrupt")
+        os.replace(target, aside)
+        print(f"fidkit: cached weights {target} had SHA-256 {sha[:12]}..., not {spec.sha256[:12]}...; "
+              f"moved to {aside.name} and fetching again", file=sys.stderr)
+
+    if offline is None:
+        offline = os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+    if offline:
+        raise WeightsError(f"no FID Inception weights in the cache and {OFFLINE_ENV} is set: "
+                           f"{_explain_manual(spec, target)}")
+    errors = []
+    for url in spec.urls:
+        try:
+            download(url, target, spec=spec, progress=progress)
+            return ResolvedWeights(target, spec.sha256, True)
+        except WeightsError as exc:
+            errors.append(str(exc))
+    raise WeightsError(f"could not download the FID Inception weights ({'; '.join(errors)}); "
+                       f"{_explain_manual(spec, target)}")
+
+
+def download(url: str, target: Path, *, spec: WeightsSpec = FID_WEIGHTS, progress: bool = True,
+             timeout: float = 60.0) -> None:
+    """Fetch ``url`` to ``target`` via a temporary file; verify size and SHA-256 before the rename.
+    Nothing is left under ``target`` unless the file is verified."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot create the cache folder {target.parent}: {exc.strerror}") from None
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or spec.size)
+            bar = _progress_bar(total, progress, url)
+            with atomic_writer(target) as handle:
+                while True:
+                    block = response.read(_CHUNK)
+                    if not block:
+                        break
+                    received += len(block)
+                    if received > spec.size:
+                        raise WeightsError(f"{url} sent more than the expected {spec.size} bytes")
+                    digest.update(block)
+                    handle.write(block)
+                    if bar is not None:
+                        bar.update(len(block))
+                if bar is not None:
+                    bar.close()
+                if received != spec.size:
+                    raise WeightsError(f"{url} sent {received} bytes, expected {spec.size} "
+                                       "(truncated transfer)")
+                if digest.hexdigest() != spec.sha256:
+                    raise WeightsError(f"{url} sent a file with SHA-256 {digest.hexdigest()}, "
+                                       f"expected {spec.sha256}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsError(f"{url}: {reason}") from None
+
+
+def _progress_bar(total: int, enabled: bool, url: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, desc="FID Inception weights", file=sys.stderr,
+                leave=False)
+
+
+def load_state_dict(weights: ResolvedWeights) -> dict:
+    """Load the state dict with ``torch.load(weights_only=True)``: a weights file cannot run code."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise WeightsError(f"{weights.path} is not a loadable PyTorch weights file ({msg}); "
+                           "use the canonical pt_inception-2015-12-05-6726825d.pth") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{weights.path} does not hold a state dict; use the canonical "
+                           "pt_inception-2015-12-05-6726825d.pth")
+    return state
+
+
+def make_test_weights(path: str | os.PathLike, seed: int = 0, calibration_images: int = 24) -> str:
+    """Write deterministic random FID-Inception weights in the canonical state-dict format.
+
+    The batch-norm running statistics are calibrated on synthetic images (smooth random fields
+    plus texture) so that every tap has a real spread across images; without that, random weights
+    give near-constant pool_3 features and parity tests would prove nothing. Returns the SHA-256.
+    For tests and offline demos only: results computed with these weights are not FIDs.
+    """
+    import torch
+
+    from fidkit.inception import FIDInceptionV3
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = FIDInceptionV3(outputs=("logits",))
+        generator = torch.Generator().manual_seed(seed + 1)
+        images = synthetic_images(calibration_images, generator=generator)
+        x = images.float() / 127.5 - 1.0
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the calibration batch
+            bn.training = True  # bypasses the model's eval pin for the calibration pass only
+        with torch.no_grad():
+            model(x)
+        for bn in bns:
+            bn.training = False
+            bn.momentum = 0.1
+        # Small random biases so logits differ between classes for the Inception Score.
+        with torch.no_grad():
+            model.fc.weight.mul_(4.0)
+    state = {k: v.clone().contiguous() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    # The canonical file has no num_batches_tracked entries; keep the same key set.
+    with atomic_writer(path) as handle:
+        torch.save(state, handle)
+    return file_sha256(path)
+
+
+def synthetic_images(count: int, size: int = 299, generator=None):
+    """Deterministic uint8 (count, 3, size, size) images: smooth colour fields plus texture."""
+    import torch
+    import torch.nn.functional as F
+
+    g = generator or torch.Generator().manual_seed(0)
+    coarse = torch.rand(count, 3, 6, 6, generator=g)
+    smooth = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    texture = torch.rand(count, 3, size // 4, size // 4, generator=g)
+    texture = F.interpolate(texture, size=(size, size), mode="nearest")
+    contrast = torch.rand(count, 1, 1, 1, generator=g)
+    img = smooth * (1 - 0.5 * contrast) + texture * 0.5 * contrast
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
