@@ -1,0 +1,47 @@
+"""``fidkit stats SRC -o OUT``: precompute reference statistics."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fidkit.cli.common import add_pipeline_options, emit_json, non_canonical_note, note, pipeline_kwargs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stats", help="compute statistics of an image/DICOM folder and save them",
+                       description="Compute the Inception feature statistics of SRC and write them "
+                                   "to OUT (.pkl by default, .npz readable by pytorch-fid).")
+    p.add_argument("src", metavar="SRC", help="image folder, DICOM folder, or .npy/.npz image array")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="stats file to write (.pkl or .npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
+    p.add_argument("--manifest", metavar="FILE", help="write the list of files used and skipped (JSON)")
+    p.add_argument("--montage", metavar="FILE.png", help="write a QC grid of inputs as the network sees them")
+    p.add_argument("--json", action="store_true", help="print the provenance as JSON on stdout")
+    add_pipeline_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fidkit.errors import InputError
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it or choose another name")
+    if not out.parent.is_dir() and str(out.parent):
+        raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    from fidkit.api import compute_statistics
+
+    stats = compute_statistics(args.src, manifest=args.manifest, **pipeline_kwargs(args))
+    if args.montage:
+        from fidkit.cli.montage import write_input_montage
+
+        write_input_montage(args.src, args.montage, **pipeline_kwargs(args))
+    stats.save(str(out), overwrite=True)
+    if args.json:
+        emit_json({"output": str(out), "n": stats.n, "dims": stats.dims, "meta": stats.meta})
+    else:
+        print(f"wrote {out}: {stats.n} images, {stats.dims} dims, convention {stats.meta['convention']}")
+    warning = non_canonical_note(stats.meta)
+    if warning:
+        note(warning)
+    return 0

@@ -1,0 +1,122 @@
+"""Named preprocessing conventions: how an image becomes the FID Inception's 299x299 input.
+
+Every FID tool resizes and normalises differently, and the differences move FID by more than the
+gaps papers report. A convention here reproduces one tool exactly and its name is recorded in every
+stats file, so two numbers are only compared when they were made the same way.
+
+| name          | resize to 299x299                                 | normalise        | reproduces |
+|---------------|---------------------------------------------------|------------------|------------|
+| `tf1`         | TF1 bilinear, no half-pixel offset, float32        | (x - 128) / 128  | TTUR, torch-fidelity |
+| `pytorch-fid` | torch bilinear, align_corners=False, no antialias  | 2 (x / 255) - 1  | pytorch-fid |
+
+Inputs already 299x299 are never resized. A convention's ``prepare`` takes float32 values on the
+0..255 scale, shape (N, 3, H, W), on any device, and returns float32 (N, 3, 299, 299).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fidkit.defaults import DEFAULT_CONVENTION, INPUT_SIZE
+from fidkit.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Convention:
+    """A named resize + normalise rule. ``prepare`` maps float32 (N, 3, H, W) on the 0..255
+    scale to the network's float32 (N, 3, 299, 299) input."""
+
+    name: str
+    reproduces: str
+    description: str
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+
+    def prepare_image(self, image: np.ndarray) -> torch.Tensor:
+        """One uint8 (H, W, 3) image -> float32 (3, 299, 299) network input (CPU)."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+        return self.prepare(x)[0]
+
+
+def resize_tf1_bilinear(x: torch.Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> torch.Tensor:
+    """TensorFlow 1.x ``resize_bilinear`` with ``align_corners=False``.
+
+    TF1 maps output pixel i to input coordinate ``i * in / out`` (no half-pixel offset), takes
+    the floor and the next pixel (clamped at the edge) and interpolates in float32:
+    ``top = tl + (tr - tl) * dx``, ``out = top + (bottom - top) * dy``. torch's bilinear samples at
+    ``(i + 0.5) * in / out - 0.5`` instead, which shifts the image by up to half a pixel.
+    x: float (N, C, H, W); returns float (N, C, size[0], size[1]).
+    """
+    n, c, h, w = x.shape
+    out_h, out_w = size
+    if (h, w) == (out_h, out_w):
+        return x
+
+    def axis(in_size: int, out_size: int):
+        scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+        coord = torch.arange(out_size, dtype=torch.float32, device=x.device) * scale.to(x.device)
+        lo = coord.floor().long().clamp_max(in_size - 1)
+        hi = (lo + 1).clamp_max(in_size - 1)
+        return lo, hi, (coord - lo.float()).to(x.dtype)
+
+    y0, y1, dy = axis(h, out_h)
+    x0, x1, dx = axis(w, out_w)
+    rows0 = x.index_select(2, y0)
+    rows1 = x.index_select(2, y1)
+    dx = dx.view(1, 1, 1, out_w)
+    top = rows0.index_select(3, x0)
+    top = top + (rows0.index_select(3, x1) - top) * dx
+    bottom = rows1.index_select(3, x0)
+    bottom = bottom + (rows1.index_select(3, x1) - bottom) * dx
+    return top + (bottom - top) * dy.view(1, 1, out_h, 1)
+
+
+def _prepare_tf1(x: torch.Tensor) -> torch.Tensor:
+    x = resize_tf1_bilinear(x)
+    return (x - 128) / 128
+
+
+def _prepare_pytorch_fid(x: torch.Tensor) -> torch.Tensor:
+    # pytorch-fid: ToTensor (x / 255), bilinear with align_corners=False, then 2x - 1.
+    x = x / 255
+    if tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+    return 2 * x - 1
+
+
+CONVENTIONS: dict[str, Convention] = {}
+
+
+def register(convention: Convention) -> Convention:
+    CONVENTIONS[convention.name] = convention
+    return convention
+
+
+register(Convention(
+    name="tf1",
+    reproduces="TTUR (TF1), torch-fidelity 0.3-0.4",
+    description="TF1 bilinear resize without half-pixel offset, then (x - 128) / 128",
+    prepare=_prepare_tf1,
+))
+register(Convention(
+    name="pytorch-fid",
+    reproduces="pytorch-fid 0.3.0",
+    description="x / 255, torch bilinear (align_corners=False, no antialias), then 2x - 1",
+    prepare=_prepare_pytorch_fid,
+))
+
+
+def get_convention(name: str | None) -> Convention:
+    """Look a convention up by name (None: the default, ``tf1``); UsageError if unknown."""
+    key = DEFAULT_CONVENTION if name is None else str(name)
+    try:
+        return CONVENTIONS[key]
+    except KeyError:
+        raise UsageError(f"unknown convention {key!r}; choose from {', '.join(sorted(CONVENTIONS))}") from None
+
+
+def convention_names() -> list[str]:
+    return sorted(CONVENTIONS)
