@@ -25,7 +25,9 @@ with ``allow_pickle=False``; object arrays are refused everywhere.
 
 When a file says nothing (or only part) of how it was made, :func:`load_statistics` warns with
 :class:`ProvenanceWarning` and records ``meta["provenance"] = "unknown"`` (or ``"partial"``);
-fidkit's own files carry ``"fidkit"``. ``n`` is 0 when the file does not record it.
+fidkit's own files carry ``"fidkit"``. ``n`` is 0 when the file does not record it. What a peer's
+file name suggests goes under ``meta["convention_guess"]`` and ``meta["weights_guess"]``, never
+``convention``/``weights``: a guess must not pass the comparability check as a record.
 """
 from __future__ import annotations
 
@@ -396,15 +398,14 @@ def _load_npz(path: Path) -> Statistics:
     parsed = parse_cleanfid_name(path.name)
     if parsed is not None:
         meta = {
-            "convention": parsed["convention"],
+            "convention_guess": parsed["convention"],
             "network": parsed["model"],
             "cleanfid": parsed,
         }
         if parsed["model"] == "inception_v3":
             # clean-fid's Inception is the TF 2015-12-05 graph, the same network as the canonical
-            # weights; the hash is inferred from the name, not measured from a file.
-            meta["weights"] = {"sha256": FID_WEIGHTS.sha256, "canonical": True, "file": None,
-                               "inferred": True}
+            # weights; that is read from the name, not measured from a file, hence a guess.
+            meta["weights_guess"] = {"sha256": FID_WEIGHTS.sha256, "canonical": True}
         return _build(path, mu, sigma, None, meta, fmt="clean-fid-npz", provenance="partial")
     return _build(path, mu, sigma, None, {}, fmt="pytorch-fid-npz", provenance="unknown")
 
@@ -439,9 +440,8 @@ def _load_torch(path: Path) -> Statistics:
         meta["network"] = parsed["feature_extractor"]
         if parsed["feature_extractor"] in _FIDELITY_TF1_EXTRACTORS:
             # torch-fidelity serves the canonical weights file as a mirror and resizes like TF1.
-            meta["convention"] = "tf1"
-            meta["weights"] = {"sha256": FID_WEIGHTS.sha256, "canonical": True, "file": None,
-                               "inferred": True}
+            meta["convention_guess"] = "tf1"
+            meta["weights_guess"] = {"sha256": FID_WEIGHTS.sha256, "canonical": True}
     return _build(path, mu, sigma, None, meta, fmt="torch-fidelity-pt",
                   provenance="partial" if parsed else "unknown")
 

@@ -189,10 +189,10 @@ def test_cleanfid_reference_npz(tmp_path):
     with pytest.warns(ProvenanceWarning, match="partial"):
         r = load_statistics(ref)
     g = _quiet_load(gen)
-    assert r.meta["convention"] == "tf1"
+    assert r.meta["convention_guess"] == "tf1" and "convention" not in r.meta
     assert r.meta["cleanfid"] == {"dataset": "cifar10", "mode": "legacy_tensorflow", "convention": "tf1",
                                   "model": "inception_v3", "split": "train", "resolution": 32}
-    assert g.meta["convention"] == "clean" and g.meta["cleanfid"]["resolution"] is None
+    assert g.meta["convention_guess"] == "clean" and g.meta["cleanfid"]["resolution"] is None
     assert frechet_distance(r.mu, r.sigma, g.mu, g.sigma) == pytest.approx(peer, rel=1e-9)
 
 
@@ -242,7 +242,7 @@ def test_torch_fidelity_cached_statistics(tmp_path):
     s2 = _quiet_load(tmp_path / "input2-inception-v3-compat-stat-fid-2048.pt")
     assert s1.meta["torch_fidelity"] == {"input": "cifar10-train", "feature_extractor": "inception-v3-compat",
                                          "feature_layer": "2048"}
-    assert s1.meta["convention"] == "tf1"
+    assert s1.meta["convention_guess"] == "tf1" and "convention" not in s1.meta
     # torch-fidelity keeps mu in float32; fidkit widens to float64
     assert frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma) == pytest.approx(peer, rel=1e-5)
 
@@ -463,3 +463,15 @@ def test_check_statistics_against_numpy(tmp_path):
     assert report["max_eigenvalue"] == pytest.approx(eig[-1], rel=1e-9)
     assert report["condition"] == pytest.approx(np.linalg.cond(sigma), rel=1e-6)
     assert report["rank"] == D and report["symmetry_error"] == 0.0
+
+
+def test_unknown_provenance_reaches_the_comparability_check(tmp_path):
+    from fidkit.provenance import differences
+
+    x = _features(90)
+    np.savez(tmp_path / "cifar10_legacy_tensorflow_train_32.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
+    save_statistics(_stats(91), tmp_path / "ours.npz")
+    peer = _quiet_load(tmp_path / "cifar10_legacy_tensorflow_train_32.npz")
+    ours = load_statistics(tmp_path / "ours.npz")
+    found = differences(peer.meta, ours.meta, names=("A", "B"))
+    assert found and "A unknown" in found[0].replace("provenance of ", "") and "tf1" in found[0]
