@@ -281,6 +281,14 @@ class DicomSource:
             where = f"{item.index * v.spacing[item.array_axis]:.1f} mm from the first voxel"
         return f"series {v.series_uid}{label} {self.options.axis} slice {item.index} ({where})"
 
+    def short_name(self, i: int) -> str:
+        """A montage label: volume number, slice index and position, e.g. ``v0 #12 z=-34.5``."""
+        item = self._item(i)
+        v = self.volumes[item.volume]
+        if item.array_axis == 0:
+            return f"v{item.volume} #{item.index} z={v.positions[item.index]:.1f}"
+        return f"v{item.volume} #{item.index} {self.options.axis}"
+
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance: kind, path, series/volume counts, slices, skipped files, warnings."""
         return {
