@@ -175,7 +175,7 @@ def _trace(args: argparse.Namespace) -> Any:
 
     import torch
 
-    from fidkit.conv.trace import trace
+    from fidkit.conv.tracing import trace
 
     if args.model == "inception":
         from fidkit.defaults import INPUT_SIZE

@@ -1,7 +1,7 @@
 """Conv, pool and resize shape arithmetic, and a model shape trace.
 
 The arithmetic (:mod:`fidkit.conv.arithmetic`) is pure Python and importing this package does not
-import torch; :func:`output_shape` and :func:`trace` (:mod:`fidkit.conv.trace`) import it on first
+import torch; :func:`output_shape` and :func:`trace` (:mod:`fidkit.conv.tracing`) import it on first
 use.
 
 >>> from fidkit import conv
@@ -29,8 +29,8 @@ from fidkit.conv.arithmetic import (
     upsampling_choices,
 )
 
-_LAZY = {"trace": "fidkit.conv.trace", "output_shape": "fidkit.conv.trace",
-         "Trace": "fidkit.conv.trace", "TraceRow": "fidkit.conv.trace"}
+_LAZY = {"trace": "fidkit.conv.tracing", "output_shape": "fidkit.conv.tracing",
+         "Trace": "fidkit.conv.tracing", "TraceRow": "fidkit.conv.tracing"}
 
 __all__ = [
     "ShapeResult", "adaptive_pool", "conv", "conv_transpose", "downsampling_choices", "interpolate",

@@ -209,7 +209,8 @@ def pool(input_size: SizeArg, kernel_size: SizeArg, stride: SizeArg | None = Non
     (``kind="avg"``, which has no dilation).
 
     ``stride`` defaults to the kernel size, as in torch. Padding may be at most half the kernel
-    size (rounded down). With ``ceil_mode`` the size is rounded up, except that a last window
+    size (rounded down); a 3-d average pool also needs the unpadded input to be at least the
+    kernel size. With ``ceil_mode`` the size is rounded up, except that a last window
     starting at or after ``in + p`` (entirely in the right padding) is dropped. Raises
     :class:`UsageError` where torch would refuse.
     """
@@ -235,6 +236,11 @@ def pool(input_size: SizeArg, kernel_size: SizeArg, stride: SizeArg | None = Non
         if 2 * p_ > k_:
             raise UsageError(f"{name}: padding {p_} is more than half the kernel size {k_}; "
                              f"use padding at most {k_ // 2}")
+        if kind == "avg" and nd == 3 and n < k_:
+            # avg_pool3d alone checks the unpadded input against the kernel (torch's
+            # pool3d_shape_check with check_input_size); 1-d and 2-d accept padding to fit.
+            raise UsageError(f"{name}: input {n} is smaller than the kernel {k_}; torch's 3-d "
+                             "average pool refuses that even with padding; use a smaller kernel")
         span = _dilated(k_, d_)
         numerator = n + 2 * p_ - span
         if ceil_mode:
@@ -263,17 +269,23 @@ def pool(input_size: SizeArg, kernel_size: SizeArg, stride: SizeArg | None = Non
 def adaptive_pool(input_size: SizeArg, output_size: int | None | Sequence[int | None],
                   kind: str = "avg") -> ShapeResult:
     """Output size of ``nn.AdaptiveAvgPool1d/2d/3d`` or ``nn.AdaptiveMaxPool1d/2d/3d``: the
-    requested ``output_size`` (``None`` on an axis keeps the input size; 0 is allowed)."""
+    requested ``output_size`` (``None`` inside a 2-d/3-d tuple keeps that axis's input size; 0 is
+    allowed). Raises :class:`UsageError` for negative sizes or a ``None`` torch would refuse."""
     if kind not in ("max", "avg"):
         raise UsageError(f"pool kind {kind!r} must be 'max' or 'avg'")
     size = _spatial(input_size)
     nd = len(size)
-    if output_size is None or _is_int(output_size):
-        wanted = (output_size,) * nd
+    if _is_int(output_size):
+        wanted: tuple[int | None, ...] = (output_size,) * nd  # type: ignore[assignment]
+    elif output_size is None:
+        raise UsageError("adaptive pool output size None: give a size (None only inside a tuple)")
     else:
         wanted = tuple(output_size)  # type: ignore[arg-type]
         if len(wanted) != nd:
             raise UsageError(f"output size {output_size!r} must have {nd} entries, one per axis")
+        if nd == 1 and wanted[0] is None:
+            # torch's 1-d adaptive pools take only integers.
+            raise UsageError("a 1-d adaptive pool needs an integer output size, not None")
     out, worked = [], []
     for n, w in zip(size, wanted):
         if w is None:
