@@ -301,19 +301,28 @@ def adaptive_pool(input_size: SizeArg, output_size: int | None | Sequence[int | 
                        tuple(worked), {"output_size": wanted})
 
 
+#: Interpolation modes that torch allows only for one number of spatial axes.
+_MODE_AXES = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}
+
+
 def interpolate(input_size: SizeArg, size: SizeArg | None = None,
-                scale_factor: float | Sequence[float] | None = None) -> ShapeResult:
-    """Output size of ``F.interpolate`` / ``nn.Upsample`` (any mode; the mode does not change
-    the size, though torch ties ``linear``/``bilinear``/``trilinear`` to 1/2/3 axes).
+                scale_factor: float | Sequence[float] | None = None,
+                mode: str = "nearest") -> ShapeResult:
+    """Output size of ``F.interpolate`` / ``nn.Upsample``. The mode does not change the size,
+    but torch allows ``linear`` only on 1 axis, ``bilinear``/``bicubic`` on 2, ``trilinear`` on 3.
 
     Give exactly one of ``size`` (pixels) and ``scale_factor`` (the output is
     ``floor(in * scale_factor)`` in double precision, as torch computes it). Every output axis must
-    be at least 1. Raises :class:`UsageError`.
+    be at least 1 (0 is allowed in ``area`` mode). Raises :class:`UsageError`.
     """
     spatial = _spatial(input_size)
     nd = len(spatial)
     if (size is None) == (scale_factor is None):
         raise UsageError("give exactly one of size and scale_factor")
+    if mode in _MODE_AXES and _MODE_AXES[mode] != nd:
+        raise UsageError(f"interpolation mode {mode!r} works on {_MODE_AXES[mode]} spatial axes, "
+                         f"not {nd}; use {', '.join(m for m, n in _MODE_AXES.items() if n == nd)} "
+                         "or 'nearest'")
     if size is not None:
         out = _per_axis(size, nd, "size")
         formula = INTERPOLATE_SIZE_FORMULA
@@ -332,9 +341,11 @@ def interpolate(input_size: SizeArg, size: SizeArg | None = None,
         formula = INTERPOLATE_SCALE_FORMULA
         worked = tuple(f"floor({n} * {f!r}) = {o}" for n, f, o in zip(spatial, factors, out))
         params = {"scale_factor": factors}
-    if any(o < 1 for o in out):
-        raise UsageError(f"interpolate: output size {_fmt(out)} has an axis below 1; use a larger "
-                         "size or scale factor")
+    # 'area' is an adaptive average pool in torch, which accepts an empty output axis.
+    minimum = 0 if mode == "area" else 1
+    if any(o < minimum for o in out):
+        raise UsageError(f"interpolate: output size {_fmt(out)} has an axis below {minimum}; use a "
+                         "larger size or scale factor")
     return ShapeResult(f"interpolate{nd}d", spatial, out, formula, worked, params)
 
 

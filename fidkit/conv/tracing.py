@@ -91,7 +91,7 @@ def output_shape(layer: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...
         shape = tuple(int(v) for v in input_shape)
         if not 3 <= len(shape) <= 5:
             raise UsageError(f"Upsample takes (N, C, 1 to 3 spatial axes) input, not shape {shape}")
-        res = arithmetic.interpolate(shape[2:], layer.size, layer.scale_factor)
+        res = arithmetic.interpolate(shape[2:], layer.size, layer.scale_factor, layer.mode)
         return shape[:2] + res.output_size
     if kind is nn.Linear:
         shape = tuple(int(v) for v in input_shape)
