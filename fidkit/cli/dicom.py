@@ -9,7 +9,21 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
+
+
+def accept_negative_values(parser: argparse.ArgumentParser) -> None:
+    """Let option values such as ``-1000,1000`` or ``-600/1500`` through as values.
+
+    argparse takes any word starting with "-" that is not a plain negative number for an option,
+    so ``--window -1000,1000`` would fail with "expected one argument"; widening the parser's
+    negative-number pattern fixes that (the parser has no options that look like numbers).
+    ``stats`` and ``compare`` should call this too.
+    """
+    parser._negative_number_matcher = re.compile(  # type: ignore[attr-defined]
+        r"^-\d+$|^-\d*\.\d+$|^-\d*\.?\d+\s*[,/:]\s*-?\d*\.?\d+$"
+    )
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,6 +43,7 @@ def add_parser(subparsers: Any) -> None:
     export.add_argument("--montage-tiles", type=int, default=32, metavar="N",
                         help="slices in the montage (default 32, spread evenly)")
     export.add_argument("--overwrite", action="store_true", help="replace existing PNG files")
+    accept_negative_values(export)
     export.set_defaults(func=run_export)
     info = verbs.add_parser("info", help="list series, geometry, warnings and skipped files")
     info.add_argument("src", metavar="SRC", help="a DICOM folder (searched recursively) or file")
