@@ -92,10 +92,13 @@ def add_parser(subparsers: Any) -> None:
     p = layer("adaptivepool", 0, "nn.AdaptiveAvgPool/AdaptiveMaxPool (any dimension)")
     p.add_argument("--output-size", required=True,
                    help="e.g. 1 or 7x7; 'none' on an axis keeps its size (e.g. nonex1)")
+    p.add_argument("--kind", choices=("avg", "max"), default="avg")
     p = layer("upsample", 0, "nn.Upsample / F.interpolate (any dimension)")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--to", dest="target", type=_ints, help="output size")
     group.add_argument("--scale-factor", type=_floats)
+    p.add_argument("--mode", default="nearest",
+                   help="nearest (default), nearest-exact, area, linear, bilinear, bicubic, trilinear")
     p = sub.add_parser("same-padding", help="padding that keeps the size at stride 1")
     p.add_argument("-k", "--kernel-size", type=int, required=True)
     p.add_argument("-d", "--dilation", type=int, default=1)
@@ -142,11 +145,11 @@ def _compute(args: argparse.Namespace) -> Any:
     if name == "adaptivepool":
         nd = len(args.size)
         wanted = [None if v.lower() == "none" else _int_or_fail(v) for v in args.output_size.split("x")]
-        return ar.adaptive_pool(args.size, _axes(tuple(wanted), nd, "output size"))
+        return ar.adaptive_pool(args.size, _axes(tuple(wanted), nd, "output size"), kind=args.kind)
     if name == "upsample":
         nd = len(args.size)
         return ar.interpolate(args.size, _axes(args.target, nd, "size"),
-                              _axes(args.scale_factor, nd, "scale factor"))
+                              _axes(args.scale_factor, nd, "scale factor"), args.mode)
     nd = args.nd
     size = _axes(args.size, nd, "input size")
     k = _axes(args.kernel_size, nd, "kernel size")
