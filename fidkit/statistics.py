@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from fidkit.errors import StatsFileError, UsageError
+from fidkit.errors import InputError, StatsFileError, UsageError
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]  # noqa: F821
 
@@ -87,6 +87,7 @@ class StatisticsAccumulator:
 
     @classmethod
     def from_statistics(cls, stats: Statistics) -> "StatisticsAccumulator":
+        """An accumulator holding ``stats`` (numpy), ready to be merged or updated."""
         acc = cls(stats.dims)
         acc.n = stats.n
         acc.mean = stats.mu.copy()
@@ -94,7 +95,17 @@ class StatisticsAccumulator:
         return acc
 
     def update(self, features: ArrayLike) -> None:
-        """Add a batch of features, shape (N, d)."""
+        """Add a batch of features, shape (N, d), any float dtype; converted to float64 (on the
+        tensor's device for torch tensors).
+
+        The batch is centred on its own mean before its scatter matrix is formed, so the result
+        does not lose digits to a large common offset (the textbook sum of x x^T minus n mean
+        mean^T loses about log10(|mean|^2 / var) of them).
+
+        Raises:
+            UsageError: not 2-D, or another number of dims than earlier batches.
+            InputError: the batch holds NaN or inf (one bad image would make every number NaN).
+        """
         batch = _as_float64(features)
         if batch.ndim != 2:
             raise UsageError(f"features must be (N, d), got shape {tuple(batch.shape)}")
@@ -103,6 +114,11 @@ class StatisticsAccumulator:
             return
         if self.dims is not None and int(batch.shape[1]) != self.dims:
             raise UsageError(f"features have {batch.shape[1]} dims, expected {self.dims}")
+        if not _all_finite(batch):
+            raise InputError(
+                f"a batch of {nb} features holds NaN or inf (after {self.n} good ones); "
+                "check the images and the model in float32"
+            )
         self.dims = int(batch.shape[1])
         mean_b = batch.mean(0)
         centred = batch - mean_b
@@ -132,6 +148,23 @@ class StatisticsAccumulator:
         self.m2 = self.m2 + m2_b + _outer(delta) * (na * nb / n)
         self.n = n
 
+    def state(self) -> tuple[int, Any, Any]:
+        """``(n, mean (d,), m2 (d, d))``: the whole state, float64, numpy or torch on its device.
+
+        ``m2`` is the centred scatter sum(x - mean)(x - mean)^T, so ``m2 / (n - 1)`` is the
+        covariance. Meant for syncing ranks: gather each rank's state and fold them with
+        :meth:`merge` of :meth:`from_state` objects (Chan's update is exact in any order up to
+        rounding; summing raw moments instead would lose digits to the mean)."""
+        return self.n, self.mean, self.m2
+
+    @classmethod
+    def from_state(cls, n: int, mean: Any, m2: Any) -> "StatisticsAccumulator":
+        """Rebuild an accumulator from :meth:`state` (n = 0 gives an empty one)."""
+        acc = cls(None if mean is None else int(mean.shape[0]))
+        if int(n) > 0:
+            acc.n, acc.mean, acc.m2 = int(n), _as_float64(mean), _as_float64(m2)
+        return acc
+
     def statistics(self, meta: dict[str, Any] | None = None) -> Statistics:
         """The :class:`Statistics` so far (needs n >= 2 for a covariance)."""
         if self.n < 2:
@@ -153,6 +186,14 @@ def _as_float64(x: ArrayLike) -> Any:
     if isinstance(x, torch.Tensor):
         return x.detach().to(torch.float64)
     return np.asarray(x, dtype=np.float64)
+
+
+def _all_finite(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return bool(np.isfinite(x).all())
+    import torch
+
+    return bool(torch.isfinite(x).all())
 
 
 def _outer(v: Any) -> Any:

@@ -1,0 +1,187 @@
+"""The Frechet core against closed forms, an independent nuclear norm, and a peer."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fidkit.errors import UsageError
+from fidkit.frechet import (
+    clear_factor_cache,
+    covariance_factor,
+    frechet,
+    frechet_distance,
+    frechet_from_moments,
+)
+from fidkit.statistics import Statistics
+
+
+def _rotation(d: int, rng: np.random.Generator) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return q
+
+
+def _commuting(d: int, a: np.ndarray, b: np.ndarray, rng: np.random.Generator):
+    q = _rotation(d, rng)
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    return (s1 + s1.T) / 2, (s2 + s2.T) / 2
+
+
+def test_equal_covariances_give_the_mean_term():
+    rng = np.random.default_rng(0)
+    d = 48
+    x = rng.standard_normal((200, d))
+    sigma = np.cov(x, rowvar=False)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    expected = float(((mu1 - mu2) ** 2).sum())
+    assert frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("spread", [(0.5, 2.0), (1e-10, 1e2)])
+def test_commuting_covariances_match_the_closed_form(spread):
+    rng = np.random.default_rng(1)
+    d = 96
+    lo, hi = spread
+    a = np.exp(rng.uniform(math.log(lo), math.log(hi), d))
+    b = a * rng.uniform(0.5, 2.0, d)  # same eigenbasis: sqrt(S1 S2) has eigenvalues sqrt(a b)
+    s1, s2 = _commuting(d, a, b, rng)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    expected = float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum() + ((mu1 - mu2) ** 2).sum())
+    got = frechet_from_moments(mu1, s1, mu2, s2)
+    assert got.value == pytest.approx(expected, rel=1e-10)
+    assert got.cross_term == pytest.approx(float(np.sqrt(a * b).sum()), rel=1e-10)
+    assert got.rank_a == got.rank_b == d
+
+
+def test_rank_deficient_closed_form():
+    rng = np.random.default_rng(2)
+    d, r = 80, 30
+    a = np.r_[rng.uniform(0.5, 2, r), np.zeros(d - r)]
+    b = np.r_[rng.uniform(0.5, 2, r), np.zeros(d - r)]
+    s1, s2 = _commuting(d, a, b, rng)
+    mu = np.zeros(d)
+    got = frechet_from_moments(mu, s1, mu, s2)
+    assert got.value == pytest.approx(float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum()), rel=1e-10)
+    assert got.rank_a == got.rank_b == r
+
+
+@pytest.mark.parametrize("n", [40, 300])  # n < d and n > d
+def test_sampled_against_the_nuclear_norm_of_the_features(n):
+    # The truth from the features themselves: with centred X (n, d), S = X^T X / (n - 1), so
+    # tr sqrt(S1 S2) = |X1 X2^T|_* / (n - 1), an SVD of an n x n matrix that never forms S.
+    rng = np.random.default_rng(3)
+    d = 120
+    x = rng.standard_normal((n, d)) * np.linspace(0.1, 3, d)
+    y = rng.standard_normal((n, d)) * np.linspace(0.3, 2, d) + 0.2
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    cross = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / (n - 1)
+    truth = (((x.mean(0) - y.mean(0)) ** 2).sum() + (xc**2).sum() / (n - 1)
+             + (yc**2).sum() / (n - 1) - 2 * cross)
+    a = Statistics(x.mean(0), np.cov(x, rowvar=False), n)
+    b = Statistics(y.mean(0), np.cov(y, rowvar=False), n)
+    got = frechet(a, b, cache=False)
+    assert got.value == pytest.approx(truth, rel=1e-10)
+    if n < d:
+        assert got.rank_a == got.rank_b == n - 1
+        assert sum("n = 40 samples" in w for w in got.warnings) == 2
+    else:
+        assert got.warnings == []
+
+
+def test_agrees_with_pytorch_fid_on_a_well_conditioned_case():
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(4)
+    d = 64
+    x, y = rng.standard_normal((500, d)), rng.standard_normal((500, d)) * 1.3 + 0.1
+    args = (x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert frechet_distance(*args) == pytest.approx(float(calculate_frechet_distance(*args)), rel=1e-9)
+
+
+def test_torch_tensors_give_the_numpy_value():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    d = 32
+    x, y = rng.standard_normal((20, d)), rng.standard_normal((100, d)) + 0.5
+    args = (x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    tensors = [torch.tensor(v, dtype=torch.float32 if i == 0 else torch.float64) for i, v in enumerate(args)]
+    expected = frechet_distance(*[np.asarray(t.double()) for t in tensors])
+    got = frechet_from_moments(*tensors)
+    assert got.value == pytest.approx(expected, rel=1e-10)
+    assert got.rank_a == 19  # the torch path finds the rank too (by eigh: no pivoted Cholesky)
+
+
+def test_cached_reference_factor_is_reused_and_refreshed():
+    rng = np.random.default_rng(6)
+    d = 40
+    ref = Statistics(np.zeros(d), np.cov(rng.standard_normal((100, d)), rowvar=False), 100)
+    gen = Statistics(np.ones(d), np.cov(rng.standard_normal((100, d)), rowvar=False), 100)
+    clear_factor_cache()
+    first = frechet(gen, ref).value
+    import fidkit.frechet as core
+
+    calls = []
+    original = core.covariance_factor
+    core.covariance_factor = lambda s: calls.append(1) or original(s)
+    try:
+        assert frechet(gen, ref).value == first
+        assert calls == []  # both sides came from the cache
+        ref.sigma = ref.sigma * 4.0  # an edited reference is refactored, not served stale
+        moved = frechet(gen, ref).value
+        assert len(calls) == 1
+    finally:
+        core.covariance_factor = original
+    assert moved == pytest.approx(frechet(gen, ref, cache=False).value, rel=1e-12)
+
+
+def test_parts_add_up_and_serialise():
+    rng = np.random.default_rng(7)
+    d = 16
+    a = Statistics(rng.standard_normal(d), np.cov(rng.standard_normal((50, d)), rowvar=False), 50)
+    b = Statistics(rng.standard_normal(d), np.cov(rng.standard_normal((50, d)), rowvar=False), 50)
+    r = frechet(a, b)
+    assert r.mean_term == pytest.approx(float(((a.mu - b.mu) ** 2).sum()), rel=1e-14)
+    assert r.trace_a == pytest.approx(float(np.trace(a.sigma)), rel=1e-14)
+    assert r.value == pytest.approx(r.mean_term + r.trace_a + r.trace_b - 2 * r.cross_term, rel=1e-12)
+    import json
+
+    assert json.loads(json.dumps(r.to_dict()))["dims"] == d
+
+
+def test_non_finite_and_non_psd_inputs_are_reported_not_hidden():
+    d = 8
+    bad = np.eye(d)
+    bad[2, 2] = np.nan
+    r = frechet_from_moments(np.zeros(d), bad, np.zeros(d), np.eye(d))
+    assert math.isnan(r.value) and any("NaN" in w for w in r.warnings)
+    not_psd = np.diag([1.0] * (d - 1) + [-0.5])
+    r = frechet_from_moments(np.zeros(d), not_psd, np.zeros(d), np.eye(d))
+    assert any("negative eigenvalue" in w for w in r.warnings)
+    assert r.rank_a == d - 1
+
+
+def test_tiny_negative_result_is_clamped_with_a_warning():
+    rng = np.random.default_rng(8)
+    d = 200
+    s = np.cov(rng.standard_normal((400, d)) * 1e3, rowvar=False)
+    # equal sides: the exact answer is 0 and rounding lands on either side of it
+    values = [frechet_from_moments(np.zeros(d), s * k, np.zeros(d), s * k) for k in (1.0, 1.1, 1.3, 1.7)]
+    for r in values:
+        assert r.value >= 0.0 and r.value <= 1e-9 * (r.trace_a + r.trace_b)
+        if any("clamped" in w for w in r.warnings):
+            assert r.value == 0.0
+
+
+def test_shape_mismatch_is_a_usage_error():
+    with pytest.raises(UsageError, match="different shapes"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_factor_reconstructs_the_covariance_at_its_rank():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((30, 50))
+    s = np.cov(x, rowvar=False)
+    f = covariance_factor(s)
+    assert f.rank == 29
+    assert np.abs(f.matrix @ f.matrix.T - s).max() <= 1e-12 * np.abs(s).max()
