@@ -8,6 +8,8 @@ stats file, so two numbers are only compared when they were made the same way.
 |---------------|---------------------------------------------------|------------------|------------|
 | `tf1`         | TF1 bilinear, no half-pixel offset, float32        | (x - 128) / 128  | TTUR, torch-fidelity |
 | `pytorch-fid` | torch bilinear, align_corners=False, no antialias  | 2 (x / 255) - 1  | pytorch-fid |
+| `clean`       | PIL bicubic per channel in float32, clip 0..255    | (x - 128) / 128  | clean-fid 0.1.35 `mode="clean"` |
+| `antialias`   | torch bilinear, align_corners=False, antialias     | (x - 128) / 128  | torchmetrics >= 1.8 `FrechetInceptionDistance` |
 
 Inputs already 299x299 are never resized. A convention's ``prepare`` takes float32 values on the
 0..255 scale, shape (N, 3, H, W), on any device, and returns float32 (N, 3, 299, 299).
@@ -87,6 +89,43 @@ def _prepare_pytorch_fid(x: torch.Tensor) -> torch.Tensor:
     return 2 * x - 1
 
 
+def resize_pil_bicubic_float(x: torch.Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> torch.Tensor:
+    """clean-fid's "clean" resize: each channel as a float32 PIL image (mode ``F``), PIL bicubic
+    (which antialiases when shrinking), then clipped to 0..255 and NOT re-quantised to uint8.
+
+    Computed by PIL itself on the CPU, because the point is to match PIL's filter to the last bit.
+    x: float (N, C, H, W) on the 0..255 scale, any device; returns float32 (N, C, size[0], size[1])
+    on x's device.
+    """
+    from PIL import Image
+
+    n, c, h, w = x.shape
+    out_h, out_w = size
+    if (h, w) == (out_h, out_w):
+        return x
+    planes = x.detach().to("cpu", torch.float32).numpy()
+    out = np.empty((n, c, out_h, out_w), dtype=np.float32)
+    for i in range(n):
+        for ch in range(c):
+            img = Image.fromarray(np.ascontiguousarray(planes[i, ch]), mode="F")
+            # PIL sizes are (width, height)
+            out[i, ch] = np.asarray(img.resize((out_w, out_h), resample=Image.BICUBIC))
+    np.clip(out, 0, 255, out=out)
+    return torch.from_numpy(out).to(x.device)
+
+
+def _prepare_clean(x: torch.Tensor) -> torch.Tensor:
+    return (resize_pil_bicubic_float(x) - 128) / 128
+
+
+def _prepare_antialias(x: torch.Tensor) -> torch.Tensor:
+    # torchmetrics >= 1.8 resizes the uint8 image cast to float32 with antialiased bilinear; at
+    # 299x299 the antialiased bilinear is the identity, so no special case is needed.
+    x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
+                      antialias=True)
+    return (x - 128) / 128
+
+
 CONVENTIONS: dict[str, Convention] = {}
 
 
@@ -106,6 +145,21 @@ register(Convention(
     reproduces="pytorch-fid 0.3.0",
     description="x / 255, torch bilinear (align_corners=False, no antialias), then 2x - 1",
     prepare=_prepare_pytorch_fid,
+))
+
+
+register(Convention(
+    name="clean",
+    reproduces="clean-fid 0.1.35 (mode='clean')",
+    description="PIL bicubic resize per channel in float32, clip to 0..255 (no re-quantisation), "
+                "then (x - 128) / 128",
+    prepare=_prepare_clean,
+))
+register(Convention(
+    name="antialias",
+    reproduces="torchmetrics >= 1.8 FrechetInceptionDistance (antialias=True, its default)",
+    description="torch bilinear (align_corners=False, antialias=True), then (x - 128) / 128",
+    prepare=_prepare_antialias,
 ))
 
 
