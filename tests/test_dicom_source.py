@@ -145,26 +145,45 @@ def test_montage_places_tiles_and_labels(tmp_path):
 
 
 # ------------------------------------------------------------------------------ FID end to end
-def test_compare_two_dicom_folders_end_to_end(tmp_path, test_weights, capsys):
+_OPTS = ["--spacing", "1.5", "--window=-1000,1000", "--axis", "axial", "--slices", "every:2",
+         "--device", "cpu", "--workers", "0"]
+
+
+def _two_sides(tmp_path):
     real = _ct_folder(tmp_path / "real_ct", [1.5 * k for k in range(6)])
-    fake = _ct_folder(tmp_path / "fake_ct", [1.5 * k for k in range(6)], offset=60,
-                      series_uid="1.2.3.4.77")
-    opts = ["--spacing", "1.5", "--window=-1000,1000", "--axis", "axial", "--slices", "every:2",
-            "--weights", str(test_weights), "--device", "cpu", "--workers", "0"]
-    ref = tmp_path / "ref.pkl"
-    assert main(["stats", str(real), "-o", str(ref), "--montage", str(tmp_path / "qc.png"), *opts]) == 0
-    capsys.readouterr()
-    assert main(["compare", str(real), str(fake), "--json", *opts]) == 0
+    fake = _ct_folder(tmp_path / "fake_ct", [1.5 * k for k in range(6)], offset=60, series_uid="1.2.3.4.77")
+    return real, fake
+
+
+def _check_dicom_meta(meta):
+    dicom = meta["dicom"]
+    assert dicom["spacing_mm"] == [1.5, None, None] and dicom["axis"] == "axial"
+    assert dicom["slices"] == "every:2"
+    assert (dicom["window"]["low"], dicom["window"]["high"]) == (-1000, 1000)
+    assert meta["n"] == 3  # 6 slices at 1.5 mm kept as 6, every second one
+    assert meta["source"]["kind"] == "dicom"
+
+
+def test_compare_two_dicom_folders_end_to_end(tmp_path, test_weights, capsys):
+    real, fake = _two_sides(tmp_path)
+    assert main(["compare", str(real), str(fake), "--json", "--weights", str(test_weights), *_OPTS]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fid"] > 0
-    dicom_meta = report["a"]["meta"]["dicom"]
-    assert dicom_meta["spacing_mm"] == [1.5, None, None] and dicom_meta["axis"] == "axial"
-    assert dicom_meta["slices"] == "every:2"
-    assert (dicom_meta["window"]["low"], dicom_meta["window"]["high"]) == (-1000, 1000)
-    assert report["a"]["meta"]["n"] == 3
+    _check_dicom_meta(report["a"]["meta"])
+    _check_dicom_meta(report["b"]["meta"])
+
+
+@pytest.mark.slow
+def test_dicom_stats_file_records_options_and_compare_checks_them(tmp_path, test_weights, capsys):
+    real, fake = _two_sides(tmp_path)
+    weights = ["--weights", str(test_weights)]
+    ref = tmp_path / "ref.pkl"
+    assert main(["stats", str(real), "-o", str(ref), "--montage", str(tmp_path / "qc.png"), *weights, *_OPTS]) == 0
     from fidkit.api import load_statistics
 
-    assert load_statistics(ref).meta["dicom"] == dicom_meta
-    # the saved reference made with one window is refused against a folder read with another
-    other = [o if o != "--window=-1000,1000" else "--window=lung" for o in opts]
-    assert main(["compare", str(ref), str(fake), *other]) == 4
+    _check_dicom_meta(load_statistics(ref).meta)
+    assert Image.open(tmp_path / "qc.png").size[0] > 0
+    capsys.readouterr()
+    assert main(["compare", str(ref), str(fake), *weights, *_OPTS]) == 0
+    other = [o if o != "--window=-1000,1000" else "--window=lung" for o in _OPTS]
+    assert main(["compare", str(ref), str(fake), *weights, *other]) == 4  # made differently: refused
