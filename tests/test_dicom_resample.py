@@ -87,3 +87,22 @@ def test_keep_axes_and_single_slice():
 def test_bad_spacing_is_a_usage_error(bad):
     with pytest.raises(UsageError):
         resample(_volume([0.0, 1.0]), bad)
+
+
+def test_absurd_positions_do_not_allocate_the_world():
+    from fidkit.errors import InputError
+
+    vol = _volume([0.0, 1.0, 2.0, 3.0, 1e9])  # one slice a thousand kilometres away
+    with pytest.raises(InputError, match="positions look wrong"):
+        resample(vol, (1.0, None, None))
+
+
+def test_antialias_filter_is_the_documented_gaussian():
+    from scipy.ndimage import gaussian_filter1d
+
+    values = np.random.default_rng(0).normal(size=30) * 100
+    vol = _volume(np.arange(30.0), values=values)
+    out = resample(vol, (3.0, None, None))  # 3x: sigma = (3 - 1) / 2 = 1 mm = 1 slice
+    assert out.positions == pytest.approx(1.0 + 3.0 * np.arange(10))  # on source slices: no blending
+    reference = gaussian_filter1d(values, sigma=1.0, truncate=4.0)[1::3]
+    np.testing.assert_allclose(out.array[2:-2, 0, 0], reference[2:-2], rtol=1e-5, atol=1e-3)

@@ -22,8 +22,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fidkit.dicom.volume import Volume
-from fidkit.errors import UsageError
+from fidkit.errors import InputError, UsageError
 
+#: Limits on what resampling may allocate (samples along one axis; voxels in all).
+MAX_AXIS_COUNT = 16384
+MAX_VOXELS = 1 << 28
 #: Spacings growing by more than this factor are low-pass filtered first.
 ANTIALIAS_FACTOR = 1.5
 
@@ -46,6 +49,8 @@ def resample(
 
     Raises:
         UsageError: a target spacing that is not a positive finite number, or an order not 0/1.
+        InputError: the new grid would exceed 16384 samples along an axis or 2**28 voxels (a
+            series whose positions are broken, or a far too fine target).
     """
     if spacing is None:
         return volume.replace()
@@ -75,11 +80,19 @@ def resample(
         slots = int(round((source[-1] - source[0]) / step)) + 1 if n > 1 else 1
         extent = slots * step
         count = max(1, int(round(extent / target)))
+        others = array.size // max(1, n)
+        if count > MAX_AXIS_COUNT or count * others > MAX_VOXELS:
+            # A hostile or broken file (one slice at z = 1e9) must not make us allocate terabytes.
+            raise InputError(
+                f"series {volume.series_uid}: resampling to {target:g} mm would make {count} samples "
+                f"over {extent:.6g} mm along axis {'zyx'[axis]}; the positions look wrong (see the "
+                f"gap warnings of 'fidkit dicom info') or choose a coarser --spacing"
+            )
         centre = (source[0] + source[-1]) / 2.0
         new = centre + (np.arange(count) - (count - 1) / 2.0) * target
         sigma = (target - step) / 2.0 if target > ANTIALIAS_FACTOR * step else 0.0
-        matrix = _weights(source, new, order, sigma)
-        array = _apply(matrix, array, axis)
+        rows = _weights(source, new, order, sigma)
+        array = _apply(rows, array, axis)
         origin = origin + axes_dirs[axis] * new[0]
         if axis == 0:
             positions = positions[0] + new
@@ -89,47 +102,54 @@ def resample(
     )
 
 
-def _weights(source: np.ndarray, new: np.ndarray, order: int, sigma: float) -> np.ndarray:
-    """Dense (len(new), len(source)) matrix: row j holds the weights of each source sample in
-    the value at ``new[j]`` (rows sum to 1)."""
+def _weights(source: np.ndarray, new: np.ndarray, order: int, sigma: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each ``new`` position, the source indices and weights (summing to 1) that make its value.
+
+    Kept sparse: a dense matrix would be len(new) x len(source), too large for tall images.
+    """
     n = len(source)
-    out = np.zeros((len(new), n))
-    if sigma > 0:
-        # Smoothing in mm on the real positions: uneven spacing gets normalised weights.
-        d = source[:, None] - source[None, :]
-        smooth = np.exp(-0.5 * (d / sigma) ** 2)
-        smooth[np.abs(d) > 4 * sigma] = 0.0  # keeps the matrix banded
-        smooth /= smooth.sum(axis=1, keepdims=True)
-    else:
-        smooth = None
     clamped = np.clip(new, source[0], source[-1])
     if n == 1:
-        out[:, 0] = 1.0
+        base = [(np.array([0]), np.array([1.0])) for _ in new]
     elif order == 0:
         idx = np.clip(np.searchsorted(source, clamped), 1, n - 1)
         nearer_left = (clamped - source[idx - 1]) <= (source[idx] - clamped)
-        out[np.arange(len(new)), np.where(nearer_left, idx - 1, idx)] = 1.0
+        pick = np.where(nearer_left, idx - 1, idx)
+        base = [(np.array([i]), np.array([1.0])) for i in pick]
     else:
         idx = np.clip(np.searchsorted(source, clamped, side="right"), 1, n - 1)
         left, right = source[idx - 1], source[idx]
         w = (clamped - left) / (right - left)
-        rows = np.arange(len(new))
-        out[rows, idx - 1] += 1.0 - w
-        out[rows, idx] += w
-    if smooth is not None:
-        out = out @ smooth
+        base = [(np.array([i - 1, i]), np.array([1.0 - f, f])) for i, f in zip(idx, w)]
+    if sigma <= 0:
+        return base
+    # Smoothing in mm on the real positions (uneven spacing gets normalised weights), cut at 4 sigma.
+    lo = np.searchsorted(source, source - 4 * sigma, side="left")
+    hi = np.searchsorted(source, source + 4 * sigma, side="right")
+    out = []
+    for indices, weights in base:
+        acc: dict[int, float] = {}
+        for i, w0 in zip(indices, weights):
+            if w0 == 0:
+                continue
+            near = np.arange(lo[i], hi[i])
+            g = np.exp(-0.5 * ((source[near] - source[i]) / sigma) ** 2)
+            g *= w0 / g.sum()
+            for j, v in zip(near, g):
+                acc[int(j)] = acc.get(int(j), 0.0) + float(v)
+        keys = np.array(sorted(acc))
+        out.append((keys, np.array([acc[k] for k in keys])))
     return out
 
 
-def _apply(matrix: np.ndarray, array: np.ndarray, axis: int) -> np.ndarray:
-    """``tensordot(matrix, array)`` along ``axis``, touching only the non-zero weights (the matrix
-    is banded; a dense product would cost len(new) x len(source) x the other axes)."""
+def _apply(rows: list[tuple[np.ndarray, np.ndarray]], array: np.ndarray, axis: int) -> np.ndarray:
+    """Each output plane along ``axis`` is the weighted sum of its few source planes."""
     moved = np.moveaxis(array, axis, 0)
-    out = np.empty((matrix.shape[0],) + moved.shape[1:], dtype=np.float32)
-    for j, row in enumerate(matrix):
-        nz = np.nonzero(np.abs(row) > 1e-12)[0]
+    out = np.empty((len(rows),) + moved.shape[1:], dtype=np.float32)
+    for j, (indices, weights) in enumerate(rows):
         acc = np.zeros(moved.shape[1:], dtype=np.float64)
-        for i in nz:
-            acc += row[i] * moved[i]
+        for i, w in zip(indices, weights):
+            if w != 0:
+                acc += w * moved[i]
         out[j] = acc
     return np.moveaxis(out, 0, axis)
