@@ -3,6 +3,7 @@ output shape, and the configurations torch refuses must be refused; trace agains
 pass and the FID Inception's published tap sizes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -33,13 +34,15 @@ def axes(nd: int, lo: int, hi: int) -> st.SearchStrategy:
     return st.one_of(st.integers(lo, hi), st.tuples(*[st.integers(lo, hi)] * nd))
 
 
-def torch_shape(make_layer, spatial):
+def torch_shape(make_layer, spatial, onednn=True):
     """The spatial output shape torch gives, or None if torch refuses the layer or the input."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        backend = contextlib.nullcontext() if onednn else torch.backends.mkldnn.flags(enabled=False)
         try:
-            layer = make_layer()
-            return tuple(layer(torch.zeros(1, 1, *spatial)).shape[2:])
+            with backend:
+                layer = make_layer()
+                return tuple(layer(torch.zeros(1, 1, *spatial)).shape[2:])
         except (RuntimeError, ValueError, TypeError, NotImplementedError):
             return None
 
@@ -60,7 +63,7 @@ def agree(expected, got, config):
 @given(st.data())
 def test_conv_matches_torch(data):
     nd = data.draw(nds)
-    size = data.draw(st.tuples(*[st.integers(1, 11)] * nd))
+    size = data.draw(st.tuples(*[st.integers(0, 11)] * nd))  # 0: torch refuses empty axes
     k = data.draw(axes(nd, 0, 5))
     s = data.draw(axes(nd, 0, 3))
     d = data.draw(axes(nd, 0, 3))
@@ -81,8 +84,11 @@ def test_conv_transpose_matches_torch(data):
     p = data.draw(axes(nd, -1, 4))
     op = data.draw(axes(nd, 0, 3))
     layer_class = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[nd - 1]
+    # torch's oneDNN CPU kernels return an empty tensor for a 2-d/3-d transposed conv whose output
+    # is 0 on some axis; its native kernels (the reference) and CUDA refuse it, as fidkit does.
     expected = torch_shape(
-        lambda: layer_class(1, 1, k, stride=s, padding=p, output_padding=op, dilation=d), size)
+        lambda: layer_class(1, 1, k, stride=s, padding=p, output_padding=op, dilation=d), size,
+        onednn=False)
     agree(expected, ours(fc.conv_transpose, size, k, s, p, op, d), (size, k, s, p, op, d))
 
 
@@ -90,7 +96,7 @@ def test_conv_transpose_matches_torch(data):
 @given(st.data())
 def test_max_pool_matches_torch(data):
     nd = data.draw(nds)
-    size = data.draw(st.tuples(*[st.integers(1, 11)] * nd))
+    size = data.draw(st.tuples(*[st.integers(0, 11)] * nd))  # 0: torch refuses empty axes
     k = data.draw(axes(nd, 1, 5))
     s = data.draw(st.one_of(st.none(), axes(nd, 1, 4)))
     p = data.draw(axes(nd, -1, 3))
@@ -106,7 +112,7 @@ def test_max_pool_matches_torch(data):
 @given(st.data())
 def test_avg_pool_matches_torch(data):
     nd = data.draw(nds)
-    size = data.draw(st.tuples(*[st.integers(1, 11)] * nd))
+    size = data.draw(st.tuples(*[st.integers(0, 11)] * nd))  # 0: torch refuses empty axes
     k = data.draw(axes(nd, 1, 5))
     s = data.draw(st.one_of(st.none(), axes(nd, 1, 4)))
     p = data.draw(axes(nd, -1, 3))
@@ -355,3 +361,13 @@ def test_importing_conv_and_its_cli_does_not_import_torch():
     code = ("import sys, fidkit.conv, fidkit.cli.conv; fidkit.conv.conv(8, 3);"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_transposed_conv_empty_output_is_refused_like_torch_native_kernels():
+    # Found by the long hypothesis run: oneDNN gives (1, 1, 0, 0, 0) here, torch's native kernels
+    # refuse it ("Output size is too small"); fidkit follows the native rule.
+    with torch.backends.mkldnn.flags(enabled=False), pytest.raises(RuntimeError, match="too small"):
+        nn.ConvTranspose3d(1, 1, 5, padding=4)(torch.zeros(1, 1, 4, 4, 4))
+    with pytest.raises(UsageError, match="gives output 0"):
+        fc.conv_transpose((4, 4, 4), 5, 1, 4)
