@@ -264,3 +264,23 @@ def test_random_bytes_never_raise_anything_but_fidkit_errors(tmp_path):
 def test_missing_path_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_series(tmp_path / "nope")
+
+
+def test_legacy_multiframe_steps_frames_along_the_normal(tmp_path):
+    from dicom_synth import base_dataset
+
+    ds = base_dataset(series_uid="1.2.3.4.5", rows=8, cols=8, modality="NM")
+    ds.NumberOfFrames = 4
+    ds.ImagePositionPatient = [0, 0, -10]
+    ds.ImageOrientationPatient = list(AXIAL)
+    ds.PixelSpacing = [2, 2]
+    ds.SpacingBetweenSlices = "2.5"
+    ds.SliceThickness = "2.5"
+    depths = [-10 + 2.5 * k for k in range(4)]
+    ds.PixelData = np.stack([ramp(d) for d in depths]).astype("<i2").tobytes()
+    ds.RescaleIntercept, ds.RescaleSlope = "-1000", "1"
+    ds.save_as(tmp_path / "nm.dcm", enforce_file_format=True)
+    (vol,) = read_series(tmp_path)
+    assert vol.positions == pytest.approx(depths) and vol.spacing == pytest.approx((2.5, 2.0, 2.0))
+    np.testing.assert_allclose(vol.array[:, 0, :], _expected_hu(depths))
+    assert any(w.startswith("legacy multi-frame") and "2.5 mm" in w for w in vol.warnings)

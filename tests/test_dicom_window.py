@@ -98,3 +98,33 @@ def test_selection():
         with pytest.raises(UsageError):
             select_indices(10, bad)
     assert math.isclose(len(list(slices(_axial_volume(), window=(0, 512), select="every:2"))), 2)
+
+
+def test_monochrome1_series_end_to_end(tmp_path):
+    from fidkit.dicom import DicomOptions, DicomSource
+
+    write_stack(tmp_path / "m1", [0, 1, 2], PhotometricInterpretation="MONOCHROME1")
+    write_stack(tmp_path / "m2", [0, 1, 2])
+    options = DicomOptions(spacing=None, window=(0, 100))
+    m1, m2 = DicomSource(tmp_path / "m1", options), DicomSource(tmp_path / "m2", options)
+    for i in range(3):
+        np.testing.assert_array_equal(m1.load(i), 255 - m2.load(i))
+    # HU 10 z + column; with c=0, w=100 the ramp starts at -50: slice z=0, column 0 is HU 0 -> 128
+    assert m2.load(0)[0, 0, 0] == window(np.array([0.0]), 0, 100)[0]
+
+
+def test_sagittal_stack_cut_axially_shows_values_from_the_right_places(tmp_path):
+    iop = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # image rows run posterior, columns run inferior
+    depths = [1.0 * k for k in range(4)]  # positions along the normal (-x): x = 0, -1, -2, -3
+    # HU = 100 * row index (row i lies i mm inferior) + 10 * depth + column (= mm posterior)
+    write_stack(tmp_path, depths, iop=iop, rows=6, cols=5,
+                content=lambda d, k: (1000 + 100 * np.arange(6)[:, None] + 10 * d + np.arange(5)[None, :]).astype(np.int16))
+    (vol,) = read_series(tmp_path)
+    hu = vol.array
+    # axial slice k is image row k of the sagittal stack (row 0 = the most superior)
+    top = [s[:, :, 0] for s in slices(vol, window=(20, 40), axis="axial")]
+    grey = window(hu[:, 0, :], 20, 40)  # (depth, column) = (x, y) of that axial plane
+    assert grey.max() - grey.min() > 150
+    # display: rows anterior -> posterior (column index grows posterior: as stored),
+    # columns patient right -> left (x grows left; depth runs -x, so depth is reversed)
+    np.testing.assert_array_equal(top[0], grey.T[:, ::-1])

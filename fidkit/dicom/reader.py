@@ -79,6 +79,8 @@ class _Frame:
     localizer: bool
     echo: float | None
     temporal: float | None
+    stack: str | None
+    note: str | None
     window: tuple[float, float] | None
     instance: int
     thickness: float | None
@@ -92,7 +94,7 @@ def read_series(path: str | os.PathLike) -> SeriesList:
     Files that are not images (non-DICOM, SR/RT/SEG objects, zero-byte, ``._`` resource forks,
     truncated or undecodable files) are skipped and listed in the result's ``skipped``. Slices are
     grouped by SeriesInstanceUID, then split by orientation, image size, pixel spacing, localizer
-    ImageType, echo (EchoNumbers/EchoTime) and temporal position, and each group becomes one
+    ImageType, echo (EchoNumbers/EchoTime), temporal position and enhanced StackID; each group becomes one
     :class:`Volume` sorted along its normal. Enhanced multi-frame files contribute one slice per frame
     (per-frame functional groups override shared ones). Each slice's own RescaleSlope/Intercept is
     applied in float32. Exact duplicate positions are dropped and a stack sheared by gantry tilt is
@@ -230,6 +232,9 @@ def _frames_of(ds: Any, path: str, skip: Any) -> list[_Frame]:
             window = _window(fg("FrameVOILUTSequence", "WindowCenter"), fg("FrameVOILUTSequence", "WindowWidth"))
             echo = _float(fg("MREchoSequence", "EffectiveEchoTime"))
             temporal = _float(fg("FrameContentSequence", "TemporalPositionIndex"))
+            stack = fg("FrameContentSequence", "StackID")
+            stack = None if stack is None else str(stack)
+            note = None
             frame_type = [str(v).upper() for v in _as_list(fg("MRImageFrameTypeSequence", "FrameType")
                                                              or fg("CTImageFrameTypeSequence", "FrameType"))]
             frame_localizer = localizer or "LOCALIZER" in frame_type
@@ -260,6 +265,16 @@ def _frames_of(ds: Any, path: str, skip: Any) -> list[_Frame]:
             temporal = _float(ds.get("TemporalPositionIdentifier"))
             frame_localizer = localizer
             frame_instance = instance if nframes == 1 else k
+            stack, note = None, None
+            if nframes > 1 and ipp is not None and iop is not None and _valid_orientation(iop):
+                # A legacy multi-frame image stores one position for all frames: the frames are
+                # stepped along the normal by SpacingBetweenSlices (else SliceThickness).
+                step = between or thickness or 1.0
+                normal = np.cross(iop[:3], iop[3:])
+                normal /= np.linalg.norm(normal)
+                ipp = ipp + k * step * normal
+                note = (f"legacy multi-frame: one ImagePositionPatient for {nframes} frames; frames "
+                        f"assumed {step:.4g} mm apart ({'SpacingBetweenSlices' if between else 'SliceThickness' if thickness else 'default'})")
         if ipp is not None and iop is not None and not _valid_orientation(iop):
             iop = None
         if spacing is None or not all(math.isfinite(s) and s > 0 for s in spacing):
@@ -273,7 +288,7 @@ def _frames_of(ds: Any, path: str, skip: Any) -> list[_Frame]:
                 ipp=ipp if iop is not None else None, iop=iop if ipp is not None else None,
                 pixel_spacing=(float(spacing[0]), float(spacing[1])), series_uid=series_uid,
                 modality=modality, photometric=photometric, localizer=frame_localizer, echo=echo,
-                temporal=temporal, window=window, instance=frame_instance, thickness=thickness,
+                temporal=temporal, stack=stack, note=note, window=window, instance=frame_instance, thickness=thickness,
                 spacing_between=between, description=description,
             )
         )
@@ -286,7 +301,7 @@ def _build_volumes(frames: list[_Frame]) -> list[Volume]:
     for f in frames:
         key = (
             f.series_uid, f.pixels.shape, round(f.pixel_spacing[0], 4), round(f.pixel_spacing[1], 4),
-            f.localizer, f.echo, f.temporal, f.iop is None,
+            f.localizer, f.echo, f.temporal, f.iop is None, f.stack,
         )
         bucket = groups.setdefault(key, [])
         for ref, members in bucket:
@@ -319,6 +334,8 @@ def _label(key: tuple, volume: Volume, several: bool) -> str:
         parts.append(f"echo {key[5]:g}")
     if key[6] is not None and several:
         parts.append(f"time {key[6]:g}")
+    if key[8] is not None and several:
+        parts.append(f"stack {key[8]}")
     if several:
         parts.append(f"{_plane_name(volume.normal)} {key[1][0]}x{key[1][1]}")
     return ", ".join(parts)
@@ -340,7 +357,7 @@ def _stack(members: list[_Frame]) -> Volume:
     normal /= np.linalg.norm(normal)
     depth = np.array([float(np.dot(f.ipp, normal)) for f in members])
     order = sorted(range(len(members)), key=lambda i: (depth[i], members[i].instance, members[i].path))
-    warnings: list[str] = []
+    warnings: list[str] = sorted({f.note for f in members if f.note})
     kept: list[int] = []
     duplicates_same, duplicates_differ = [], []
     for i in order:
