@@ -34,8 +34,9 @@ def write_montage(
     """Write ``images`` as a grid PNG at ``path`` (atomically), ``labels[i]`` under image ``i``.
 
     Args:
-        images: uint8 ``(H, W, 3)`` (or ``(H, W)`` grey) arrays; each is shrunk (never enlarged) to
-            fit a ``tile`` x ``tile`` cell, aspect kept, and centred in it.
+        images: uint8 ``(H, W, 3)`` (or ``(H, W)`` grey) arrays; each is shrunk (bilinear) to fit a
+            ``tile`` x ``tile`` cell, or enlarged by a whole factor (nearest) when at most half its
+            size, aspect kept, and centred in the cell.
         labels: one string per image, cut with "..." to the cell width (PIL's default font).
         path: the PNG to write.
         columns: tiles per row (fewer if there are fewer images).
@@ -71,6 +72,11 @@ def write_montage(
             scale = tile / max(picture.size)
             size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
             picture = picture.resize(size, Image.Resampling.BILINEAR)
+        elif max(picture.size) * 2 <= tile:
+            # Small inputs are enlarged by a whole factor with nearest neighbour: every input pixel
+            # stays visible as a sharp block, nothing is invented between them.
+            factor = tile // max(picture.size)
+            picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
         r, c = divmod(n, cols)
         x0, y0 = c * cell_w + PAD, r * cell_h + PAD
         canvas.paste(picture, (x0 + (tile - picture.width) // 2, y0 + (tile - picture.height) // 2))

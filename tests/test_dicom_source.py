@@ -187,3 +187,13 @@ def test_dicom_stats_file_records_options_and_compare_checks_them(tmp_path, test
     assert main(["compare", str(ref), str(fake), *weights, *_OPTS]) == 0
     other = [o if o != "--window=-1000,1000" else "--window=lung" for o in _OPTS]
     assert main(["compare", str(ref), str(fake), *weights, *other]) == 4  # made differently: refused
+
+
+def test_montage_enlarges_small_tiles_by_whole_factors(tmp_path):
+    tile = np.zeros((4, 8, 3), np.uint8)
+    tile[:, 4:] = 200  # right half bright
+    write_montage([tile], ["x"], tmp_path / "m.png", tile=32)
+    grid = np.asarray(Image.open(tmp_path / "m.png").convert("RGB"))
+    # 4x enlarged to 16 x 32, centred vertically: rows 4+8 .. 4+24, columns 4 .. 36
+    block = grid[12:28, 4:36, 0]
+    np.testing.assert_array_equal(block, np.kron(tile[:, :, 0], np.ones((4, 4), np.uint8)))
