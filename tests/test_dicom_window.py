@@ -97,7 +97,7 @@ def test_selection():
     for bad in ("central:0", "central:1.5", "every:0", "middle", "every:x"):
         with pytest.raises(UsageError):
             select_indices(10, bad)
-    assert math.isclose(len(list(slices(_axial_volume(), window=(0, 512), select="every:2"))), 2)
+    assert len(list(slices(_axial_volume(), window=(0, 512), select="every:2"))) == 2
 
 
 def test_monochrome1_series_end_to_end(tmp_path):
