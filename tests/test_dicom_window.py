@@ -1,7 +1,6 @@
 """Windowing (against pydicom's VOI LUT), presets, MONOCHROME1, slice planes and selection."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
