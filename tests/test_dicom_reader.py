@@ -284,3 +284,18 @@ def test_legacy_multiframe_steps_frames_along_the_normal(tmp_path):
     assert vol.positions == pytest.approx(depths) and vol.spacing == pytest.approx((2.5, 2.0, 2.0))
     np.testing.assert_allclose(vol.array[:, 0, :], _expected_hu(depths))
     assert any(w.startswith("legacy multi-frame") and "2.5 mm" in w for w in vol.warnings)
+
+
+def test_real_ct_series_from_pydicom_dicomdir_tests(tmp_path):
+    # Five 16x16 CT slices of a real exam (files named by offset, InstanceNumber running inferiorly).
+    source = os.path.join(os.path.dirname(get_testdata_file("CT_small.dcm")), "dicomdirtests",
+                          "98892001", "CT5N")
+    shutil.copytree(source, tmp_path / "CT5N")
+    (vol,) = read_series(tmp_path)
+    datasets = sorted((pydicom.dcmread(os.path.join(source, f)) for f in os.listdir(source)),
+                      key=lambda ds: float(ds.ImagePositionPatient[2]))
+    assert vol.positions == pytest.approx([float(ds.ImagePositionPatient[2]) for ds in datasets])
+    assert vol.spacing == pytest.approx((2.5, *[float(v) for v in datasets[0].PixelSpacing]))
+    for k, ds in enumerate(datasets):
+        np.testing.assert_array_equal(vol.array[k], apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
+    assert vol.warnings == [] and vol.window == (40.0, 400.0)
