@@ -48,11 +48,20 @@ def _torchmetrics_extractor(weights):
 def test_antialias_resize_matches_torchmetrics(size, test_weights):
     peer = _torchmetrics_extractor(test_weights)
     seen = []
-    # the network's first layer receives torchmetrics' resized and normalised input
-    hook = peer.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+
+    class Seen(Exception):
+        pass
+
+    def capture(module, args):
+        # the network's first layer receives torchmetrics' resized and normalised input; stop
+        # there, the rest of the network is not under test and costs seconds on a CPU
+        seen.append(args[0].clone())
+        raise Seen
+
+    hook = peer.Conv2d_1a_3x3.register_forward_pre_hook(capture)
     images = torch.from_numpy(_images(size, seed=2)).permute(0, 3, 1, 2).contiguous()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pytest.raises(Seen):
             peer(images)
     finally:
         hook.remove()
@@ -61,7 +70,33 @@ def test_antialias_resize_matches_torchmetrics(size, test_weights):
     assert (ours - seen[0]).abs().max().item() * 128 <= 1e-4
 
 
-def test_clean_fid_matches_cleanfid_compute_fid(image_folders, test_weights):
+@pytest.fixture(scope="module")
+def small_folders(image_folders, tmp_path_factory):
+    """The first 5 images of each non-square and 32x32 folder: the whole pipeline runs the
+    Inception on the CPU four times per test, so the sets are kept small."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small")
+    out = {}
+    for name in ("nonsquare", "32"):
+        pair = []
+        for side, folder in zip("ab", image_folders[name]):
+            target = root / f"{name}_{side}"
+            target.mkdir()
+            for f in sorted(folder.iterdir())[:5]:
+                shutil.copy(f, target / f.name)
+            pair.append(target)
+        out[name] = tuple(pair)
+    return out
+
+
+# The 64-channel tap sits right after the resize and the first convolutions, so it checks the
+# preprocessing as strictly as pool_3 does at a tenth of the CPU time; pool_3 runs with -m slow.
+DIMS = [64, pytest.param(2048, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_clean_fid_matches_cleanfid_compute_fid(small_folders, test_weights, dims):
     from cleanfid import fid as cleanfid_fid
     from pytorch_fid import inception as pfi
 
@@ -69,31 +104,34 @@ def test_clean_fid_matches_cleanfid_compute_fid(image_folders, test_weights):
     original = pfi.load_state_dict_from_url
     pfi.load_state_dict_from_url = lambda *args, **kwargs: state
     try:
-        net = pfi.InceptionV3([3], resize_input=False, normalize_input=False).eval()
+        block = pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]
+        net = pfi.InceptionV3([block], resize_input=False, normalize_input=False).eval()
     finally:
         pfi.load_state_dict_from_url = original
 
     def extractor(batch):  # clean-fid hands float32 (N, 3, 299, 299) on 0..255
         with torch.no_grad():
-            return net((batch - 128) / 128)[0].flatten(1)
+            out = net((batch - 128) / 128)[0]
+            return torch.nn.functional.adaptive_avg_pool2d(out, 1).flatten(1)
 
-    a, b = image_folders["nonsquare"]
+    a, b = small_folders["nonsquare"]
     peer = cleanfid_fid.compute_fid(str(a), str(b), mode="clean", custom_feat_extractor=extractor,
                                     num_workers=0, batch_size=8, device=torch.device("cpu"),
                                     verbose=False, use_dataparallel=False)
     ours = [fidkit.compute_statistics(f, convention="clean", weights=str(test_weights), workers=0,
-                                      progress=False) for f in (a, b)]
+                                      dims=dims, progress=False) for f in (a, b)]
     value = frechet_distance(ours[0].mu, ours[0].sigma, ours[1].mu, ours[1].sigma)
     assert ours[0].meta["convention"] == "clean"
     assert value > 0 and abs(value - peer) <= 1e-4 * peer
 
 
-def test_antialias_fid_matches_torchmetrics(image_folders, test_weights):
+@pytest.mark.parametrize("dims", DIMS)
+def test_antialias_fid_matches_torchmetrics(small_folders, test_weights, dims):
     from PIL import Image
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    a, b = image_folders["32"]
-    metric = FrechetInceptionDistance(feature=2048, antialias=True,
+    a, b = small_folders["32"]
+    metric = FrechetInceptionDistance(feature=dims, antialias=True,
                                       feature_extractor_weights_path=str(test_weights))
     for folder, real in ((a, True), (b, False)):
         files = sorted(folder.iterdir())
@@ -101,6 +139,6 @@ def test_antialias_fid_matches_torchmetrics(image_folders, test_weights):
         metric.update(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous(), real=real)
     peer = float(metric.compute())
     ours = [fidkit.compute_statistics(f, convention="antialias", weights=str(test_weights), workers=0,
-                                      progress=False) for f in (a, b)]
+                                      dims=dims, progress=False) for f in (a, b)]
     value = frechet_distance(ours[0].mu, ours[0].sigma, ours[1].mu, ours[1].sigma)
     assert value > 0 and abs(value - peer) <= 1e-4 * peer
