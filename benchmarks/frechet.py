@@ -1,0 +1,254 @@
+"""Frechet distance: fidkit against its peers, same cases, same process, known truth.
+
+    python benchmarks/frechet.py                      # d = 64, 768, 2048; 5 runs each
+    python benchmarks/frechet.py --dims 64 768 --runs 7 --json out.json
+
+Cases (mu differs by a fixed random vector in all of them):
+
+* ``well``: commuting covariances (one random eigenbasis), eigenvalues log-uniform in [0.1, 10],
+  the second set = the first times U(0.5, 2). Truth: sum (sqrt a - sqrt b)^2 + |mu1 - mu2|^2.
+* ``ill``: the same with eigenvalues log-spaced over [1e-10, 1e2] (condition number 1e12).
+* ``rank``: the same with half the eigenvalues exactly 0 (rank d / 2).
+* ``n=1000`` and ``n=d/2``: covariances of n Gaussian samples (rank n - 1 when n <= d). Truth
+  from the features without forming a covariance: |X1c X2c^T|_* / (n - 1) for the cross term.
+
+Each implementation is timed on the same arrays; runs are interleaved (run r calls every
+implementation once) so that load from other processes hits all of them alike. Reported: the
+median wall time and the relative error |value - truth| / truth. ``fidkit+ref`` reuses the
+reference's (second argument's) cached factor, as ``fidkit.frechet.frechet`` does for a reused
+reference ``Statistics``. At d = 2048 clean-fid (the same code path as pytorch-fid) is
+timed once (see ``ONCE``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fidkit.frechet import covariance_factor, frechet_from_moments  # noqa: E402
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _closed(d: int, kind: str, rng: np.random.Generator) -> dict[str, Any]:
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    if kind == "well":
+        a = np.exp(rng.uniform(np.log(0.1), np.log(10.0), d))
+    elif kind == "ill":
+        a = np.logspace(-10, 2, d)
+    else:
+        a = np.r_[np.exp(rng.uniform(np.log(0.1), np.log(10.0), d // 2)), np.zeros(d - d // 2)]
+    b = a * rng.uniform(0.5, 2.0, d)
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    truth = float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum() + ((mu1 - mu2) ** 2).sum())
+    return {"mu1": mu1, "s1": (s1 + s1.T) / 2, "mu2": mu2, "s2": (s2 + s2.T) / 2, "truth": truth}
+
+
+def _sampled(d: int, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    x = rng.standard_normal((n, d)) * np.exp(rng.uniform(np.log(0.1), np.log(3.0), d))
+    y = rng.standard_normal((n, d)) * np.exp(rng.uniform(np.log(0.1), np.log(3.0), d)) + 0.1
+    mu1, mu2 = x.mean(0), y.mean(0)
+    xc, yc = x - mu1, y - mu2
+    cross = float(np.linalg.svd(xc @ yc.T, compute_uv=False).sum()) / (n - 1)
+    truth = float(((mu1 - mu2) ** 2).sum() + (xc**2).sum() / (n - 1) + (yc**2).sum() / (n - 1)
+                  - 2 * cross)
+    s1, s2 = xc.T @ xc / (n - 1), yc.T @ yc / (n - 1)
+    return {"mu1": mu1, "s1": (s1 + s1.T) / 2, "mu2": mu2, "s2": (s2 + s2.T) / 2, "truth": truth}
+
+
+def make_cases(d: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    rng = np.random.default_rng(seed + d)
+    return {
+        "well": _closed(d, "well", rng),
+        "ill": _closed(d, "ill", rng),
+        "rank": _closed(d, "rank", rng),
+        "n=1000": _sampled(d, 1000, rng),
+        f"n={d // 2}": _sampled(d, d // 2, rng),
+    }
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+def implementations() -> dict[str, Callable[[dict[str, Any]], Callable[[], float]]]:
+    """name -> (case -> zero-argument call returning the FID); set-up outside the timed call."""
+    impls: dict[str, Callable[[dict[str, Any]], Callable[[], float]]] = {}
+
+    def fidkit_cold(c):
+        return lambda: frechet_from_moments(c["mu1"], c["s1"], c["mu2"], c["s2"]).value
+
+    def fidkit_ref(c):
+        fb = covariance_factor(c["s2"])
+        return lambda: frechet_from_moments(c["mu1"], c["s1"], c["mu2"], c["s2"], factor_b=fb).value
+
+    impls["fidkit"] = fidkit_cold
+    impls["fidkit+ref"] = fidkit_ref
+    try:
+        from pytorch_fid.fid_score import calculate_frechet_distance
+
+        impls["pytorch-fid"] = lambda c: lambda: float(
+            calculate_frechet_distance(c["mu1"], c["s1"], c["mu2"], c["s2"]))
+    except ImportError:
+        pass
+    try:
+        from cleanfid.fid import frechet_distance as cleanfid_fd
+
+        impls["clean-fid"] = lambda c: lambda: float(cleanfid_fd(c["mu1"], c["s1"], c["mu2"], c["s2"]))
+    except ImportError:
+        pass
+    try:
+        from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+        def tfid(c):
+            a, b = {"mu": c["mu1"], "sigma": c["s1"]}, {"mu": c["mu2"], "sigma": c["s2"]}
+            return lambda: float(fid_statistics_to_metric(a, b, False)["frechet_inception_distance"])
+
+        impls["torch-fidelity"] = tfid
+    except ImportError:
+        pass
+    try:
+        import torch
+        from torchmetrics.image.fid import _compute_fid
+
+        def tm(c):
+            t = [torch.from_numpy(np.ascontiguousarray(c[k])) for k in ("mu1", "s1", "mu2", "s2")]
+            return lambda: float(_compute_fid(*t))
+
+        impls["torchmetrics"] = tm
+    except ImportError:
+        pass
+    return impls
+
+
+def _call(fn: Callable[[], float]) -> tuple[float, float, str]:
+    """(seconds, value, note): stdout prints, warnings and exceptions become the note."""
+    out = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out):
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - a peer failing is a finding, not a crash
+            return time.perf_counter() - start, float("nan"), f"{type(exc).__name__}: {exc}"[:120]
+        seconds = time.perf_counter() - start
+    notes = [m.strip() for m in out.getvalue().splitlines() if m.strip()]
+    notes += [f"{w.category.__name__}: {w.message}" for w in caught]
+    return seconds, value, "; ".join(dict.fromkeys(n[:120] for n in notes))
+
+
+# --------------------------------------------------------------------------- main
+
+#: clean-fid's frechet_distance runs the same scipy ``sqrtm(sigma1.dot(sigma2), disp=False)`` as
+#: pytorch-fid's; at large d (~15 s a call on 2 cores) it is called once, to keep the default run
+#: near 10 minutes. Its row says runs=1.
+ONCE = ("clean-fid",)
+ONCE_ABOVE = 2048
+
+
+def run(dims: list[int], runs: int, seed: int = 0) -> list[dict[str, Any]]:
+    rows = []
+    impls = implementations()
+    for d in dims:
+        for case_name, case in make_cases(d, seed).items():
+            calls = {name: make(case) for name, make in impls.items()}
+            times: dict[str, list[float]] = {name: [] for name in calls}
+            values: dict[str, float] = {}
+            notes: dict[str, str] = {}
+            if d < 1024:  # first calls pay for lazy imports and allocations: not what we measure
+                for fn in calls.values():
+                    _call(fn)
+            for r in range(runs):
+                for name, fn in calls.items():
+                    if r and d >= ONCE_ABOVE and name in ONCE:
+                        continue
+                    seconds, value, note = _call(fn)
+                    times[name].append(seconds)
+                    values[name] = value
+                    if note:
+                        notes[name] = note
+            for name in calls:
+                err = abs(values[name] - case["truth"]) / abs(case["truth"])
+                rows.append({"d": d, "case": case_name, "impl": name, "runs": len(times[name]),
+                             "median_s": statistics.median(times[name]),
+                             "min_s": min(times[name]), "value": values[name],
+                             "truth": case["truth"], "rel_error": err, "note": notes.get(name, "")})
+            _print_case(rows[-len(calls):])
+    return rows
+
+
+def _print_case(rows: list[dict[str, Any]]) -> None:
+    base = {r["impl"]: r for r in rows}
+    head = rows[0]
+    print(f"\nd={head['d']} case={head['case']} truth={head['truth']:.12g}", flush=True)
+    for r in rows:
+        ratio = r["median_s"] / base["fidkit"]["median_s"]
+        print(f"  {r['impl']:15s} {r['median_s']:9.4f} s  x{ratio:7.2f}  rel.err {r['rel_error']:.1e}"
+              + (f"  [{r['note']}]" if r["note"] else ""), flush=True)
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: median seconds and relative error per d, case, implementation."""
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    lines = ["| d | case | " + " | ".join(impls) + " |", "|---|---|" + "---|" * len(impls)]
+    keys = list(dict.fromkeys((r["d"], r["case"]) for r in rows))
+    for d, case in keys:
+        cells = {r["impl"]: r for r in rows if r["d"] == d and r["case"] == case}
+        lines.append(f"| {d} | {case} | " + " | ".join(
+            f"{cells[i]['median_s']:.3g} s, {cells[i]['rel_error']:.0e}"
+            + (f" (runs={cells[i]['runs']})" if cells[i]["runs"] != cells["fidkit"]["runs"] else "")
+            if i in cells else "-"
+            for i in impls) + " |")
+    lines.append("")
+    lines.append("Speed ratios (peer median / fidkit median; in brackets against fidkit+ref):")
+    lines.append("")
+    lines.append("| d | case | " + " | ".join(i for i in impls if not i.startswith("fidkit")) + " |")
+    lines.append("|---|---|" + "---|" * len([i for i in impls if not i.startswith("fidkit")]))
+    for d, case in keys:
+        cells = {r["impl"]: r for r in rows if r["d"] == d and r["case"] == case}
+        fk, fr = cells["fidkit"]["median_s"], cells["fidkit+ref"]["median_s"]
+        lines.append(f"| {d} | {case} | " + " | ".join(
+            f"{cells[i]['median_s'] / fk:.1f}x ({cells[i]['median_s'] / fr:.1f}x)"
+            for i in impls if not i.startswith("fidkit")) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 768, 2048])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the rows here (atomically)")
+    args = parser.parse_args(argv)
+    import scipy
+    import torch
+
+    print(f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
+          f"torch {torch.__version__}, cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}")
+    started = time.time()
+    rows = run(args.dims, args.runs, args.seed)
+    print()
+    print(summary(rows))
+    print(f"\ntotal {time.time() - started:.0f} s")
+    if args.json:
+        from fidkit.fileio import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(rows, indent=1).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
