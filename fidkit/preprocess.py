@@ -39,7 +39,9 @@ class Convention:
 
     def prepare_image(self, image: np.ndarray) -> torch.Tensor:
         """One uint8 (H, W, 3) image -> float32 (3, 299, 299) network input (CPU)."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+        if not image.flags.writeable or not image.flags.c_contiguous:
+            image = np.array(image, copy=True)  # torch wants writable, contiguous memory
+        x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float()
         return self.prepare(x)[0]
 
 

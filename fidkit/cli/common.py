@@ -12,6 +12,9 @@ CONVENTION_NAMES = ("tf1", "pytorch-fid", "clean", "antialias")
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    from fidkit.cli.dicom import accept_negative_values
+
+    accept_negative_values(parser)  # so that --window -1000,1000 reads as a value
     g = parser.add_argument_group("pipeline")
     g.add_argument("--dims", type=int, default=DEFAULT_DIMS, choices=TAP_DIMS,
                    help=f"Inception tap: 64, 192, 768 or 2048 = pool_3 (default {DEFAULT_DIMS})")
