@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import Sequence
 
 from fidkit import __version__
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # Library warnings keep the CLI's shape: one line on stderr, no source excerpt.
+    print(f"fidkit: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used by ``python -m fidkit``)."""
     parser = build_parser()
@@ -53,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = bool(os.environ.get("FIDKIT_DEBUG"))
+    if not debug:
+        warnings.showwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except FidkitError as exc:

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         sa, sb, extra = compute_extra(args, metrics, kwargs)
     else:
         sa = as_statistics(args.a, keep_features=need_features, manifest=args.manifest, **kwargs)
-        sb = as_statistics(args.b, **kwargs)
+        sb = as_statistics(args.b, keep_features=need_features and not is_stats_path(args.b),
+                           **kwargs)
         extra = {}
     diffs = check_comparable(sa, sb, force=args.force, names=(f"A ({args.a})", f"B ({args.b})"))
     result = frechet(sa, sb)
@@ -73,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         report["fid"] = result.value
     report.update(extra)
     if args.ci is not None or args.fid_inf:
-        report.update(_sample_size(args, sa, sb))
+        sample = _sample_size(args, sa, sb)
+        warnings_.extend(w for w in sample.pop("_warnings") if w not in warnings_)
+        report.update(sample)
     if args.montage:
         from fidkit.cli.montage import write_input_montage
 
@@ -102,17 +105,28 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6f}"
     if isinstance(value, dict):
+        if "low" in value and "high" in value:
+            return f"[{value['low']:.6f}, {value['high']:.6f}] at {value['level']:.0%}"
+        if "value" in value:
+            ci = value.get("interval")
+            extra = f" [{ci['low']:.6f}, {ci['high']:.6f}]" if ci else ""
+            return f"{value['value']:.6f}{extra}"
         return "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     return str(value)
 
 
 def _sample_size(args: argparse.Namespace, sa: Any, sb: Any) -> dict[str, Any]:
-    from fidkit import bootstrap
+    from fidkit.bootstrap import sample_size_report
 
-    out: dict[str, Any] = {}
     features = getattr(sa, "features", None)
-    if args.ci is not None:
-        out["fid_ci"] = bootstrap.cli_confidence_interval(features, sb, level=args.ci)
-    if args.fid_inf:
-        out["fid_inf"] = bootstrap.cli_fid_infinity(features, sb)
+    ref = getattr(sb, "features", None)
+    # B's features (when B was computed from images) are resampled too; a stats file stays fixed.
+    report = sample_size_report(features, ref if ref is not None else sb, ci=args.ci is not None,
+                                fid_inf=args.fid_inf, level=args.ci or 0.95)
+    out: dict[str, Any] = {}
+    if report.interval is not None:
+        out["fid_ci"] = report.interval.to_dict()
+    if report.fid_infinity is not None:
+        out["fid_inf"] = report.fid_infinity.to_dict()
+    out["_warnings"] = report.warnings
     return out
