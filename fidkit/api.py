@@ -77,15 +77,17 @@ def compute_statistics(
     ``manifest``: write the list of items used (and skipped) to this JSON file; its SHA-256 goes
     into the provenance. Raises InputError/BadImageError/WeightsError/UsageError.
     """
+    from fidkit.sources import open_source
+
+    # The source first: a missing path or an empty folder is reported before torch is imported.
+    src = open_source(source, recursive=recursive, dicom=dicom)
     from fidkit.features import ExtractionReport, iter_features, load_model
     from fidkit.inception import tap_name
     from fidkit.preprocess import get_convention
     from fidkit.provenance import build_meta
-    from fidkit.sources import open_source
 
     tap = tap_name(int(dims))
     conv = get_convention(convention)
-    src = open_source(source, recursive=recursive, dicom=dicom)
     model, resolved = load_model(weights, outputs=(tap,), device=device, progress=progress)
     acc = StatisticsAccumulator(int(dims))
     kept: list[np.ndarray] = []
