@@ -62,6 +62,7 @@ def compute_statistics(
     weights: str | os.PathLike | None = None,
     recursive: bool = False,
     keep_features: bool = False,
+    keep_outputs: tuple[str, ...] = (),
     skip_bad: bool = False,
     manifest: str | os.PathLike | None = None,
     dicom: Any = None,
@@ -74,6 +75,10 @@ def compute_statistics(
     (pool_3). ``convention``: a name from :mod:`fidkit.preprocess`. ``weights``: a weights file
     (default: the canonical file, downloaded and cached on first use). With ``keep_features`` the
     result has a ``features`` attribute, float32 (N, dims), for KID and bootstrap intervals.
+    ``keep_outputs``: other network outputs to keep from the same pass (e.g. ``"logits_unbiased"``
+    for the Inception Score), as ``stats.outputs[name]``, float32 (N, D).
+    Under an initialised torch.distributed process group each rank runs its block of the source
+    and every rank gets the statistics of the whole (see :mod:`fidkit.distributed`).
     ``manifest``: write the list of items used (and skipped) to this JSON file; its SHA-256 goes
     into the provenance. Raises InputError/BadImageError/WeightsError/UsageError.
     """
@@ -81,6 +86,7 @@ def compute_statistics(
 
     # The source first: a missing path or an empty folder is reported before torch is imported.
     src = open_source(source, recursive=recursive, dicom=dicom)
+    from fidkit import distributed
     from fidkit.features import ExtractionReport, iter_features, load_model
     from fidkit.inception import tap_name
     from fidkit.preprocess import get_convention
@@ -88,16 +94,20 @@ def compute_statistics(
 
     tap = tap_name(int(dims))
     conv = get_convention(convention)
-    model, resolved = load_model(weights, outputs=(tap,), device=device, progress=progress)
+    wanted = (tap,) + tuple(o for o in keep_outputs if o != tap)
     acc = StatisticsAccumulator(int(dims))
-    kept: list[np.ndarray] = []
+    keep = set(keep_outputs) | ({tap} if keep_features else set())
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in wanted if name in keep}
     report = ExtractionReport()
-    for out in iter_features(src, model, conv, batch_size=batch_size, workers=workers,
-                             skip_bad=skip_bad, progress=progress, report=report):
-        feats = out[tap]
-        acc.update(feats)
-        if keep_features:
-            kept.append(feats.float().cpu().numpy())
+    part = distributed.shard(src)
+    with distributed.agreed_errors():
+        model, resolved = load_model(weights, outputs=wanted, device=device, progress=progress)
+        for out in iter_features(part, model, conv, batch_size=batch_size, workers=workers,
+                                 skip_bad=skip_bad, progress=progress, report=report):
+            acc.update(out[tap])
+            for name, batches in kept.items():
+                batches.append(out[name].float().cpu().numpy())
+    acc = distributed.merge_extraction(acc, int(dims), part, report, kept)
     if acc.n < 2:
         raise InputError(f"{_name(source)}: only {acc.n} usable image(s); FID needs at least 2 "
                          "(and far more than the feature dimension for a stable number)")
@@ -116,7 +126,9 @@ def compute_statistics(
                       source=described, extra=extra)
     stats = acc.statistics(meta)
     if keep_features:
-        stats.features = np.concatenate(kept)  # type: ignore[attr-defined]
+        stats.features = np.concatenate(kept[tap])  # type: ignore[attr-defined]
+    if keep_outputs:
+        stats.outputs = {name: np.concatenate(kept[name]) for name in keep_outputs}  # type: ignore[attr-defined]
     return stats
 
 
