@@ -29,9 +29,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out} exists; pass --overwrite to replace it or choose another name")
     if not out.parent.is_dir() and str(out.parent):
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    from fidkit import distributed
     from fidkit.api import compute_statistics
 
+    # Under torchrun every rank runs its block of SRC; rank 0 alone writes and prints.
+    args.device = distributed.init_from_environment(args.device)
     stats = compute_statistics(args.src, manifest=args.manifest, **pipeline_kwargs(args))
+    if not distributed.is_writer():
+        return 0
     if args.montage:
         from fidkit.cli.montage import write_input_montage
 
