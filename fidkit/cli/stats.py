@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from fidkit.errors import InputError
 
     out = Path(args.output)
+    if out.is_dir():
+        raise InputError(f"cannot write {out}: it is a folder; give a file name")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it or choose another name")
     if not out.parent.is_dir() and str(out.parent):
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         from fidkit.cli.montage import write_input_montage
 
         write_input_montage(args.src, args.montage, **pipeline_kwargs(args))
-    stats.save(str(out), overwrite=True)
+    # Without --overwrite, a file that appeared during the run is not clobbered either.
+    stats.save(str(out), overwrite=bool(args.overwrite))
     if args.json:
         emit_json({"output": str(out), "n": stats.n, "dims": stats.dims, "meta": stats.meta})
     else:
