@@ -1,0 +1,142 @@
+"""The fast path computes the same features as the plain one.
+
+References: the unfolded network (real ``nn.BatchNorm2d`` layers, contiguous layout), the same
+network in float64, and torch's own ``fuse_conv_bn_eval`` for a single layer. Tolerance: 1e-5 of
+the largest feature magnitude. Folding and channels-last only reorder float32 sums; with the
+random test weights the plain float32 network is itself about 2e-5 from its float64 self at
+pool_3 (the deep random layers amplify rounding), so there the fast path must be as close to the
+float64 truth as the plain path is (within a factor 3), and within 1e-5 of the plain path at the
+taps where rounding has not yet grown to that size.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_images, write_folder
+
+REL_TOL = 1e-5
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+@pytest.fixture(scope="module")
+def model(test_weights):
+    from fidkit.features import load_model
+
+    net, _ = load_model(str(test_weights), outputs=("2048",), device="cpu")
+    return net
+
+
+def test_fold_one_layer_matches_torch_fusion():
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from fidkit.features import fold_batchnorm
+    from fidkit.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3(outputs=("64",))
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    layer = net.Conv2d_2a_3x3
+    reference = fuse_conv_bn_eval(layer.conv, layer.bn)
+    folded = fold_batchnorm(net).Conv2d_2a_3x3
+    assert isinstance(folded.bn, torch.nn.Identity)
+    torch.testing.assert_close(folded.conv.weight, reference.weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(folded.conv.bias, reference.bias, rtol=1e-6, atol=1e-7)
+    # the original network is untouched
+    assert isinstance(net.Conv2d_2a_3x3.bn, torch.nn.BatchNorm2d)
+
+
+def test_inference_copy_matches_plain_network_at_every_output(model):
+    from fidkit.features import inference_copy
+    from fidkit.preprocess import get_convention
+
+    conv = get_convention("tf1")
+    images = make_images(4, (64, 64), seed=3)
+    x = torch.stack([conv.prepare_image(img) for img in images])
+    outputs = ("64", "192", "768", "2048", "logits", "logits_unbiased")
+    model.outputs = outputs
+    try:
+        fast = inference_copy(model)
+        with torch.inference_mode():
+            plain = model(x)
+            quick = fast(x.contiguous(memory_format=torch.channels_last))
+            exact = copy.deepcopy(model).double()(x.double())
+    finally:
+        model.outputs = ("2048",)
+    for name in outputs:
+        own = _rel_err(plain[name].double(), exact[name])
+        err = _rel_err(quick[name].double(), exact[name])
+        assert err <= max(REL_TOL, 3 * own), f"{name}: {err:.2e} from float64 (plain: {own:.2e})"
+    for name in ("64", "192", "768"):
+        err = _rel_err(quick[name], plain[name])
+        assert err <= REL_TOL, f"{name}: relative error {err:.2e} from the plain network"
+    # the features really vary between images, so agreement is not trivial
+    assert float(plain["2048"].std(0).mean()) > 1e-3 * float(plain["2048"].abs().max())
+
+
+def test_inference_copy_follows_reloaded_weights(model, test_weights):
+    from fidkit.features import inference_copy
+    from fidkit.weights import load_state_dict, resolve_weights
+
+    first = inference_copy(model)
+    assert inference_copy(model) is first  # memoised
+    model.load_weights(load_state_dict(resolve_weights(str(test_weights))))
+    assert inference_copy(model) is not first  # weights written in place: rebuilt
+
+
+def test_folder_fast_path_equals_plain_path_and_workers_agree(model, tmp_path):
+    from fidkit.features import iter_features
+    from fidkit.preprocess import get_convention
+    from fidkit.sources import FolderSource
+
+    folder = write_folder(tmp_path / "imgs", make_images(7, (48, 40), seed=5))
+    source = FolderSource(folder)
+    conv = get_convention("tf1")
+    model.outputs = ("64",)  # an early tap keeps the test fast; the full depth is checked above
+    try:
+        def run(**kw):
+            return torch.cat([out["64"] for out in iter_features(source, model, conv, batch_size=3,
+                                                                 progress=False, **kw)])
+
+        plain = run(workers=0, optimized=False)
+        inline = run(workers=0)
+        pooled = run(workers=2)
+    finally:
+        model.outputs = ("2048",)
+    assert plain.shape == (7, 64)
+    assert _rel_err(inline, plain) <= REL_TOL
+    # same batches, same kernels: decoding in workers must not change a single bit or the order
+    assert torch.equal(pooled, inline)
+
+
+def test_compute_statistics_default_path_matches_plain_features(test_weights, tmp_path):
+    """End to end through the API (defaults: optimised network, workers) against the plain
+    network's features fed to numpy's mean and covariance."""
+    import fidkit
+    from fidkit.features import iter_features, load_model
+    from fidkit.preprocess import get_convention
+    from fidkit.sources import FolderSource
+
+    folder = write_folder(tmp_path / "e2e", make_images(6, (32, 32), seed=8))
+    stats = fidkit.compute_statistics(str(folder), dims=64, weights=str(test_weights), device="cpu",
+                                      progress=False)
+    net, _ = load_model(str(test_weights), outputs=("64",), device="cpu")
+    feats = torch.cat([o["64"] for o in iter_features(FolderSource(folder), net,
+                                                       get_convention("tf1"), workers=0,
+                                                       optimized=False, progress=False)])
+    f = feats.double().numpy()
+    scale = np.abs(f).max()
+    assert np.abs(stats.mu - f.mean(0)).max() <= REL_TOL * scale
+    assert np.abs(stats.sigma - np.cov(f, rowvar=False)).max() <= REL_TOL * scale ** 2
+    net.outputs = ("2048",)
