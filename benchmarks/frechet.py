@@ -159,7 +159,7 @@ ONCE = ("clean-fid",)
 ONCE_ABOVE = 2048
 
 
-def run(dims: list[int], runs: int, seed: int = 0) -> list[dict[str, Any]]:
+def run(dims: list[int], runs: int, seed: int = 0, once: tuple[str, ...] = ONCE) -> list[dict[str, Any]]:
     rows = []
     impls = implementations()
     for d in dims:
@@ -173,7 +173,7 @@ def run(dims: list[int], runs: int, seed: int = 0) -> list[dict[str, Any]]:
                     _call(fn)
             for r in range(runs):
                 for name, fn in calls.items():
-                    if r and d >= ONCE_ABOVE and name in ONCE:
+                    if r and d >= ONCE_ABOVE and name in once:
                         continue
                     seconds, value, note = _call(fn)
                     times[name].append(seconds)
@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows here (atomically)")
+    parser.add_argument("--once", nargs="*", default=list(ONCE), metavar="IMPL",
+                        help=f"implementations called once (not --runs times) at d >= {ONCE_ABOVE}; "
+                        "default: clean-fid")
     args = parser.parse_args(argv)
     import scipy
     import torch
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
           f"torch {torch.__version__}, cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}")
     started = time.time()
-    rows = run(args.dims, args.runs, args.seed)
+    rows = run(args.dims, args.runs, args.seed, tuple(args.once))
     print()
     print(summary(rows))
     print(f"\ntotal {time.time() - started:.0f} s")
