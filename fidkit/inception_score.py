@@ -48,9 +48,10 @@ def inception_score(logits: Any, *, splits: int = DEFAULT_SPLITS, shuffle: bool 
     for i in range(splits):
         lo, hi = i * n // splits, (i + 1) * n // splits
         p_chunk, log_p_chunk = p[lo:hi], log_p[lo:hi]
-        log_q = np.log(p_chunk.mean(axis=0, keepdims=True))
         # A class no sample of the chunk puts mass on underflows to q = 0; its terms are 0, not NaN.
-        terms = np.where(p_chunk > 0, p_chunk * (log_p_chunk - log_q), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_q = np.log(p_chunk.mean(axis=0, keepdims=True))
+            terms = np.where(p_chunk > 0, p_chunk * (log_p_chunk - log_q), 0.0)
         kl = terms.sum(axis=1).mean()
         scores.append(np.exp(kl))
     scores_arr = np.asarray(scores)
