@@ -67,6 +67,7 @@ def compute_statistics(
     manifest: str | os.PathLike | None = None,
     dicom: Any = None,
     progress: bool = True,
+    cache: bool = True,
 ) -> Statistics:
     """Mean and covariance (float64) of the Inception features of ``source``.
 
@@ -80,8 +81,22 @@ def compute_statistics(
     Under an initialised torch.distributed process group each rank runs its block of the source
     and every rank gets the statistics of the whole (see :mod:`fidkit.distributed`).
     ``manifest``: write the list of items used (and skipped) to this JSON file; its SHA-256 goes
-    into the provenance. Raises InputError/BadImageError/WeightsError/UsageError.
+    into the provenance. ``cache``: reuse (and store) the statistics of an unchanged folder
+    (see :mod:`fidkit.cache`); features, extra outputs and manifests are always computed.
+    Raises InputError/BadImageError/WeightsError/UsageError.
     """
+    entry = None
+    if cache and not (keep_features or keep_outputs or manifest is not None):
+        from fidkit.cache import entry_for
+
+        entry = entry_for(source, dims=dims, convention=convention, weights=weights,
+                          recursive=recursive, skip_bad=skip_bad, dicom=dicom, progress=progress)
+        cached = entry.load() if entry is not None else None
+        if cached is not None:
+            if progress:
+                print(f"fidkit: {_name(source)} unchanged since its statistics were computed; "
+                      "reusing them (--no-cache recomputes)", file=sys.stderr)
+            return cached
     from fidkit.sources import open_source
 
     # The source first: a missing path or an empty folder is reported before torch is imported.
@@ -129,6 +144,8 @@ def compute_statistics(
         stats.features = np.concatenate(kept[tap])  # type: ignore[attr-defined]
     if keep_outputs:
         stats.outputs = {name: np.concatenate(kept[name]) for name in keep_outputs}  # type: ignore[attr-defined]
+    if entry is not None:
+        entry.save(stats)
     return stats
 
 

@@ -49,7 +49,7 @@ def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         dims=args.dims, convention=args.convention, batch_size=args.batch_size,
         device=args.device, workers=args.workers, weights=args.weights,
-        recursive=args.recursive, skip_bad=args.skip_bad,
+        recursive=args.recursive, skip_bad=args.skip_bad, cache=not args.no_cache,
     )
     if any(getattr(args, k, None) is not None for k in ("spacing", "window", "axis", "slices")):
         from fidkit.dicom.source import DicomOptions
