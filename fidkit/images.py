@@ -7,7 +7,7 @@ the peers can read the file, so numbers match):
 * alpha (``RGBA``, ``LA``, ``PA``, palette transparency) is dropped, not composited;
 * palette (``P``) images are expanded through their palette; ``CMYK``/``YCbCr``/``LAB`` go
   through PIL's conversion to RGB;
-* 16-bit images (grayscale ``I;16`` PNG/TIFF, and 16-bit RGB PNG) are scaled to 8 bits with
+* 16-bit images (grayscale ``I;16`` PNG/TIFF, and 16-bit RGB/RGBA PNG) are scaled to 8 bits with
   ``round(v * 255 / 65535)`` — not truncated to the high byte;
 * EXIF orientation is not applied: the pixels are used as stored, as every peer does;
 * images over :data:`fidkit.defaults.MAX_IMAGE_PIXELS` pixels are refused as decompression bombs.
@@ -112,8 +112,8 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
             with Image.open(path) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise Image.DecompressionBombError("too many pixels")
-                if img.format == "PNG" and _png_is_16bit_rgb(path):
-                    return _decode_png16_rgb(path)
+                if img.format == "PNG" and _png16_rgb_rawmode(img) is not None:
+                    return _decode_png16_rgb(img, path)
                 img.load()
                 return _to_rgb8(img, path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -158,30 +158,40 @@ def _to_rgb8(img, path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
-def _png_is_16bit_rgb(path: Path) -> bool:
-    # IHDR: bytes 24 (bit depth) and 25 (colour type: 2 RGB, 6 RGBA). PIL reduces these to 8 bits
-    # by keeping the high byte, so they are decoded separately.
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(26)
-    except OSError:
-        return False
-    return len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+def _png16_rgb_rawmode(img) -> str | None:
+    # PIL decodes 16-bit RGB(A) PNGs ("RGB;16B"/"RGBA;16B") to 8 bits by keeping the high byte,
+    # which is not the documented rounding; those files are decoded by _decode_png16_rgb.
+    if img.mode not in ("RGB", "RGBA") or len(img.tile) != 1:
+        return None
+    args = img.tile[0].args
+    rawmode = args if isinstance(args, str) else (args[0] if args else None)
+    return rawmode if rawmode in ("RGB;16B", "RGBA;16B") else None
 
 
-def _decode_png16_rgb(path: Path) -> np.ndarray:
-    import torch
-    from torchvision.io import ImageReadMode, decode_png, read_file
+def _decode_png16_rgb(img, path: Path) -> np.ndarray:
+    """A 16-bit RGB(A) PNG to uint8 with round(v * 255 / 65535), through PIL's own decoder run
+    twice: once keeping each sample's high byte, once (read as little-endian) its low byte.
 
-    try:
-        data = read_file(str(path))
-        img = decode_png(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as exc:
-        detail = " ".join(str(exc).split())[:120]
-        raise BadImageError(f"{path}: cannot decode 16-bit PNG ({detail})") from None
-    arr = img.permute(1, 2, 0).to(torch.float64).numpy()
-    scale = 255.0 / 65535.0 if img.dtype == torch.uint16 else 1.0
-    return np.ascontiguousarray(np.rint(arr * scale).astype(np.uint8))
+    torchvision's decode_png would give the 16 bits at once, but it crashes the process
+    (SIGSEGV) on a corrupted file instead of raising, so it is not used for untrusted input.
+    """
+    from PIL import Image
+
+    rawmode = _png16_rgb_rawmode(img)
+    low_rawmode = rawmode.replace(";16B", ";16L")
+    img.load()
+    high = np.asarray(img)
+    with Image.open(path) as again:
+        tile = again.tile[0]
+        args = low_rawmode if isinstance(tile.args, str) else (low_rawmode, *tile.args[1:])
+        again.tile = [tile._replace(args=args)]
+        again.load()
+        low = np.asarray(again)
+    if high.shape != low.shape or high.ndim != 3:
+        raise BadImageError(f"{path}: inconsistent 16-bit PNG decode; re-save the image")
+    value = high[:, :, :3].astype(np.uint32) * 256 + low[:, :, :3]
+    # exact integer form of round(v * 255 / 65535): v / 257 is never halfway between integers
+    return np.ascontiguousarray(((value * 255 + 32767) // 65535).astype(np.uint8))
 
 
 def load_image_array(path: str | os.PathLike) -> np.ndarray:

@@ -74,6 +74,7 @@ class Ctx:
         from fidkit.api import compute_statistics
 
         kw.setdefault("weights", self.weights)
+        kw.setdefault("cache", False)  # computed here, not read back from what the CLI run stored
         return compute_statistics(src, dims=64, workers=0, progress=False, **kw)
 
 
@@ -272,6 +273,16 @@ def case_rgb_16bit_png(ctx: Ctx) -> Prepared:
 
     rows = b"".join(b"\0" + values[r].reshape(-1).astype(">u2").tobytes() for r in range(6))
     return _working_image_case(ctx, "a_rgb16.png", _raw_png(9, 6, 16, 2, rows), reference)
+
+
+@case
+def case_rgb_16bit_png_corrupted(ctx: Ctx) -> Prepared:
+    # one flipped bit in the compressed data: torchvision's decode_png died of SIGSEGV on this
+    values = _RNG.integers(0, 65536, (5, 6, 3)).astype(np.uint16)
+    rows = b"".join(b"\0" + values[r].reshape(-1).astype(">u2").tobytes() for r in range(5))
+    data = bytearray(_raw_png(6, 5, 16, 2, rows))
+    data[33 + 8 + 40] ^= 0x40  # inside the IDAT payload (signature 8 + IHDR chunk 25 + header 8)
+    return _bad_image_case(ctx, "a_rgb16_flipped.png", bytes(data))
 
 
 @case
