@@ -138,7 +138,7 @@ class _InceptionMetrics:
         x = images.detach().to(self.device, non_blocking=True)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if x.dtype == torch.uint8:
+        if x.dtype == torch.uint8 or x.shape[0] == 0:
             return x.float()
         if not x.is_floating_point():
             raise UsageError(f"update() takes uint8 0..255 or float images, got {x.dtype}")
