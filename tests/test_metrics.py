@@ -136,3 +136,25 @@ def test_stream_reference_file_is_accepted_by_compare(images, batch_stats, test_
     other.update(b, real=True)
     other.statistics(real=True).save(str(tmp_path / "other.pkl"))
     assert main(["compare", str(tmp_path / "fake.pkl"), str(tmp_path / "other.pkl")]) == 4
+
+
+def test_kid_metric_matches_torch_fidelity_on_its_features(images, batch_stats, test_weights):
+    """fidkit.KID against a reference feature array, checked by torch-fidelity's KID on the same
+    (float64) features and the same seeded subsets."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    a, _ = images
+    metric = fidkit.KID(reference=batch_stats[1].features, dims=DIMS, weights=test_weights,
+                        device="cpu", kid_subset_size=6, kid_subsets=4, seed=3)
+    metric.update(a)
+    ours = metric.compute()
+    theirs = kid_features_to_metric(
+        torch.from_numpy(batch_stats[0].features.astype(np.float64)),
+        torch.from_numpy(batch_stats[1].features.astype(np.float64)), kid_subsets=4,
+        kid_subset_size=6, rng_seed=3, verbose=False, kid_kernel="poly", kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1)
+    scale = abs(theirs["kernel_inception_distance_mean"]) + theirs["kernel_inception_distance_std"]
+    assert abs(ours.mean - theirs["kernel_inception_distance_mean"]) <= 1e-6 * scale
+    assert abs(ours.std - theirs["kernel_inception_distance_std"]) <= 1e-6 * scale
+    restored = pickle.loads(pickle.dumps(fidkit.InceptionScore(weights=test_weights, device="cpu")))
+    assert isinstance(restored, fidkit.InceptionScore) and restored.use_is and not restored.use_fid
