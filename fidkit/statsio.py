@@ -37,6 +37,7 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -143,6 +144,15 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def _restricted_loads(data: bytes) -> Any:
+    # Walk the opcodes first (pickletools executes nothing): a damaged stream is refused before
+    # any array exists. Unpickled half-way, numpy 2.4 can fail while freeing a half-built array,
+    # raising SystemError and printing a traceback from the destructor (found by fuzzing).
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged stream
+        detail = " ".join(str(exc).split())[:120]
+        raise pickle.UnpicklingError(f"damaged stream: {detail}") from None
     return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
@@ -322,8 +332,8 @@ def _load_pickle(path: Path) -> Statistics:
             raise StatsFileError(f"{path}: {msg}; this is not a fidkit stats file and fidkit will "
                                  "not run code from it") from None
         raise StatsFileError(f"{path}: truncated or damaged pickle ({msg}); recreate the stats file") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
-            OverflowError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - only admitted numpy callables ran; a damaged stream
+        # can still make them (or the C unpickler) raise anything, even SystemError (found by fuzzing)
         detail = " ".join(str(exc).split())[:120]
         raise StatsFileError(f"{path}: truncated or damaged pickle ({type(exc).__name__}: {detail}); "
                              "recreate the stats file") from None
