@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fidkit.errors import FidkitError
@@ -87,14 +87,48 @@ def _stats_seeds() -> dict[str, bytes]:
         seeds["cifar10_legacy_tensorflow_train_32.npz"] = buf.getvalue()
         # an old protocol-2 pickle, as numpy 1.x and Python 2 era tools wrote
         seeds["old.pkl"] = pickle.dumps({"mu": stats.mu.astype(np.float32), "sigma": stats.sigma}, protocol=2)
+        import torch  # torch-fidelity's cached statistics: a torch zip read with weights_only=True
+
+        pt = Path(folder) / "cifar10-train-inception-v3-compat-stat-fid-2048.pt"
+        torch.save({"mu": stats.mu, "sigma": stats.sigma}, pt)
+        seeds[pt.name] = pt.read_bytes()
     return seeds
 
 
 STATS_SEEDS = _stats_seeds()
 
 
+# The first fuzzing find, kept as a fixed example: a mutated fidkit pickle (a BINUNICODE8 whose
+# length is ~7.5e18, after an array was built) made numpy 2.4 raise SystemError and print a
+# traceback from a destructor. zlib + base64 of the exact bytes.
+_SYSTEM_ERROR_PICKLE = (
+    "eNprYJn6jYkBDGqnaPSwpeUX5SaWTOkRTMtMyc4s0S0uSSzJLC7JTC6e0sMHkYwvSy0qzszPm+LN2MOUWzqlRyyvNLeg"
+    "Ui8+Ob8oVS+3NKckM7GoKLFySg9PfFFqcn5ecUlRaXLJlMlTeljBKqf0sOelQJRMnuLN0DrFmTFpSvuUoCka3ozebK1T"
+    "Mjh6WFNKKgtSQVqY0iymdHZAZJl7GG2m+Pn5ef0HAjDhzVgyJanT2UB5Qtwn2Xn9+6UWODArP7toz8XzYs5K1TP208R1"
+    "AnmPX96/rySmct3rU/uPJ21c773jgf0UoLZe1uLM9NzEKRnsGVwgV2TwwN3gzdY2JUOk00mBkYFBsXtqxJ5f3+ynzVH+"
+    "OuXPBftz1pvur6+7YP+z4u70Kcce7U/7UjtdzO6C/eLvva3f1pyHq5uRYDdLKuaVvcKjWnvl8Av7pVvXPYkL37g/pfe2"
+    "ENuDyv2qScerJi7bsh9mHkxdQWH6Gq4TL+2PRcsYTFx/0P5o2za9/qX9+xMerY+N6DsAtxdmHkydTYULb92pj/ZMMf99"
+    "oucf3d95ZYHr9msH7GHug9kLMw+m7ugXydUyfnftt008vuHYrmNwf8DcB7MXZh5MnTuP5jUB+cfgoOxhBKYGkR6W3NSS"
+    "xCmgdMQFjPay1LwSUDLpYS5JMwTGeXlqZnpGSTFYnq04I9HI1GxKj4MBhWBKD2dyYl5+XmZyYs6UztIMxgymDGZgyuSD"
+    "JGB4Yu1hNdAz1DOYkqEAcmhKZm7xFG+20lI9AMCiT5I="
+)
+
+
+def _bad_length_pickle() -> tuple[str, bytes]:
+    import base64
+    import zlib
+
+    return "fidkit.pkl", zlib.decompress(base64.b64decode("".join(_SYSTEM_ERROR_PICKLE)))
+
+
+# A traceback printed from a destructor reaches the user's terminal: fail on it too.
+_NO_UNRAISABLE = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+@_NO_UNRAISABLE
 @FUZZ
 @given(case=_inputs(STATS_SEEDS))
+@example(case=_bad_length_pickle())
 def test_fuzz_stats_loader(scratch, case):
     from fidkit.statistics import Statistics
     from fidkit.statsio import load_statistics
@@ -160,6 +194,7 @@ def _rgb16_png(values: np.ndarray) -> bytes:
 IMAGE_SEEDS = _image_seeds()
 
 
+@_NO_UNRAISABLE
 @FUZZ
 @given(case=_inputs(IMAGE_SEEDS))
 def test_fuzz_image_reader(scratch, case):
@@ -192,12 +227,18 @@ def _dicom_seeds() -> dict[str, bytes]:
         seeds["slice.dcm"] = path.read_bytes()
         path = write_enhanced(Path(folder) / "e.dcm", [0.0, 1.0, 2.0], rows=4, cols=4)
         seeds["enhanced.dcm"] = path.read_bytes()
+    # compressed pixel data goes through native decoders (RLE, JPEG, JPEG-LS): pydicom's own files
+    from pydicom.data import get_testdata_file
+
+    for name in ("SC_rgb_rle.dcm", "SC_rgb_small_odd_jpeg.dcm", "JPEGLSNearLossless_16.dcm"):
+        seeds[name] = Path(get_testdata_file(name)).read_bytes()
     return seeds
 
 
 DICOM_SEEDS = _dicom_seeds()
 
 
+@_NO_UNRAISABLE
 @FUZZ
 @given(case=_inputs(DICOM_SEEDS), companion=st.booleans())
 def test_fuzz_dicom_reader(scratch, case, companion):
