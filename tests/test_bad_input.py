@@ -75,7 +75,8 @@ class Ctx:
 
         kw.setdefault("weights", self.weights)
         kw.setdefault("cache", False)  # computed here, not read back from what the CLI run stored
-        return compute_statistics(src, dims=64, workers=0, progress=False, **kw)
+        kw.setdefault("workers", 0)
+        return compute_statistics(src, dims=64, progress=False, **kw)
 
 
 CASES: dict[str, Callable[[Ctx], Prepared]] = {}
@@ -197,6 +198,16 @@ def case_truncated_png(ctx: Ctx) -> Prepared:
 def case_truncated_jpeg(ctx: Ctx) -> Prepared:
     data = _jpeg_bytes()
     return _bad_image_case(ctx, "a_cut.jpg", data[: len(data) // 2])
+
+
+@case
+def case_truncated_png_in_a_worker_process(ctx: Ctx) -> Prepared:
+    # the default path decodes in DataLoader workers: the error must cross back as one line
+    data = _png_bytes()
+    folder, bad = _one_bad(ctx, "a_cut.png", data[: len(data) // 3])
+    argv = ctx.stats_argv(folder)
+    argv[argv.index("--workers") + 1] = "1"
+    return Prepared(argv, 2, BadImageError, lambda: ctx.compute(folder, workers=1), expect=bad.name)
 
 
 @case
