@@ -179,7 +179,7 @@ class _InceptionMetrics:
         wanted = self._outputs(real)
         if not wanted:
             return
-        from fidkit.features import fp32_numerics
+        from fidkit.features import fp32_numerics, inference_copy
 
         x = self._network_scale(images)
         if x.shape[0] == 0:
@@ -187,7 +187,10 @@ class _InceptionMetrics:
         with torch.no_grad(), fp32_numerics():
             # The network object is shared per process: set what this call needs every time.
             self._model.outputs = wanted
-            out = self._model(self._conv.prepare(x))
+            # The same folded, channels-last network compute_statistics runs, so a stream and a
+            # folder of the same images give the same features (and the same speed).
+            network = inference_copy(self._model)
+            out = network(self._conv.prepare(x).contiguous(memory_format=torch.channels_last))
         if self._tap in out:
             feats = out[self._tap]
             self._acc[real].update(feats)
