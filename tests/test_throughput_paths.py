@@ -110,8 +110,8 @@ def test_folder_fast_path_equals_plain_path_and_workers_agree(model, tmp_path):
                                                                  progress=False, **kw)])
 
         plain = run(workers=0, optimized=False)
-        inline = run(workers=0)
-        pooled = run(workers=2)
+        inline = run(workers=0, optimized=True)
+        pooled = run(workers=2, optimized=True)
     finally:
         model.outputs = ("2048",)
     assert plain.shape == (7, 64)
@@ -120,10 +120,14 @@ def test_folder_fast_path_equals_plain_path_and_workers_agree(model, tmp_path):
     assert torch.equal(pooled, inline)
 
 
-def test_compute_statistics_default_path_matches_plain_features(test_weights, tmp_path):
-    """End to end through the API (defaults: optimised network, workers) against the plain
+def test_compute_statistics_default_path_matches_plain_features(test_weights, tmp_path,
+                                                                monkeypatch):
+    """End to end through the API (optimised network, default workers) against the plain
     network's features fed to numpy's mean and covariance."""
     import fidkit
+    import fidkit.features
+
+    monkeypatch.setattr(fidkit.features, "OPTIMIZED_DEFAULT", True)
     from fidkit.features import iter_features, load_model
     from fidkit.preprocess import get_convention
     from fidkit.sources import FolderSource
