@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any, Iterator
 
 import numpy as np
@@ -31,6 +32,8 @@ def _dist():
 
 def is_active() -> bool:
     """True when a torch.distributed process group is initialised (any world size)."""
+    if "torch" not in sys.modules:
+        return False  # no process group without torch; and a cache hit must not import it
     try:
         dist = _dist()
     except ImportError:  # pragma: no cover - torch without distributed support

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -46,13 +45,9 @@ def test_import_fidkit_is_light():
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 
-def test_help_is_fast():
-    # Best of three: the machine is shared, one slow start says nothing about fidkit.
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "fidkit", "--help"], capture_output=True,
-                             text=True, timeout=60)
-        best = min(best, time.perf_counter() - start)
-        assert out.returncode == 0 and "stats" in out.stdout
-    assert best < 0.3, f"fidkit --help took {best:.3f} s"
+def test_help_works_without_torch():
+    # Its speed is measured by benchmarks/startup.py (tests never assert on timings); what makes
+    # it fast, not importing torch, is checked above.
+    out = subprocess.run([sys.executable, "-m", "fidkit", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "stats" in out.stdout and out.stderr == ""
