@@ -68,6 +68,7 @@ def compute_statistics(
     dicom: Any = None,
     progress: bool = True,
     cache: bool = True,
+    fast: bool | None = None,
 ) -> Statistics:
     """Mean and covariance (float64) of the Inception features of ``source``.
 
@@ -81,7 +82,9 @@ def compute_statistics(
     Under an initialised torch.distributed process group each rank runs its block of the source
     and every rank gets the statistics of the whole (see :mod:`fidkit.distributed`).
     ``manifest``: write the list of items used (and skipped) to this JSON file; its SHA-256 goes
-    into the provenance. ``cache``: reuse (and store) the statistics of an unchanged folder
+    into the provenance. ``fast``: run the batch-norm-folded, channels-last copy of the network
+    (about 1.5x faster on CPU; features move by float32 rounding, ~1e-5 relative with random
+    test weights, so it is off by default and recorded in ``meta["fast_path"]``). ``cache``: reuse (and store) the statistics of an unchanged folder
     (see :mod:`fidkit.cache`); features, extra outputs and manifests are always computed.
     Raises InputError/BadImageError/WeightsError/UsageError.
     """
@@ -90,7 +93,8 @@ def compute_statistics(
         from fidkit.cache import entry_for
 
         entry = entry_for(source, dims=dims, convention=convention, weights=weights,
-                          recursive=recursive, skip_bad=skip_bad, dicom=dicom, progress=progress)
+                          recursive=recursive, skip_bad=skip_bad, dicom=dicom, progress=progress,
+                          fast=fast)
         cached = entry.load() if entry is not None else None
         if cached is not None:
             if progress:
@@ -118,7 +122,8 @@ def compute_statistics(
     with distributed.agreed_errors():
         model, resolved = load_model(weights, outputs=wanted, device=device, progress=progress)
         for out in iter_features(part, model, conv, batch_size=batch_size, workers=workers,
-                                 skip_bad=skip_bad, progress=progress, report=report):
+                                 skip_bad=skip_bad, progress=progress, report=report,
+                                 optimized=fast):
             acc.update(out[tap])
             for name, batches in kept.items():
                 batches.append(out[name].float().cpu().numpy())
@@ -133,7 +138,11 @@ def compute_statistics(
               f"{report.skipped[0][1]}", file=sys.stderr)
     if manifest is not None:
         described["manifest_sha256"] = write_manifest(manifest, src, report)
-    extra = {}
+    extra: dict[str, Any] = {}
+    from fidkit.features import OPTIMIZED_DEFAULT
+
+    if (OPTIMIZED_DEFAULT if fast is None else fast):
+        extra["fast_path"] = "batch norm folded into the convolutions, channels-last"
     dicom_options = getattr(src, "options", None)
     if dicom_options is not None and hasattr(dicom_options, "to_meta"):
         extra["dicom"] = dicom_options.to_meta()

@@ -131,7 +131,8 @@ def _fingerprint_or_none(folder: Path, fields: dict[str, Any]) -> list | None:
 
 
 def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursive: bool,
-              skip_bad: bool, dicom: Any = None, progress: bool = True) -> CacheEntry | None:
+              skip_bad: bool, dicom: Any = None, progress: bool = True,
+              fast: bool | None = None) -> CacheEntry | None:
     """The cache entry for computing statistics of ``source`` with these options, or None when
     ``source`` is not a folder path (or a torch.distributed group is running).
 
@@ -167,6 +168,7 @@ def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursiv
         "weights_sha256": resolved.sha256,
         "dicom": dicom_meta,
         "skip_bad": bool(skip_bad),
+        "fast": fast,
     }
     files = _fingerprint_or_none(folder, fields)
     if files is None:

@@ -67,6 +67,7 @@ class _InceptionMetrics:
         is_splits: int = DEFAULT_SPLITS,
         seed: int = DEFAULT_SEED,
         force: bool = False,
+        fast: bool | None = None,
     ) -> None:
         from fidkit.features import load_model, resolve_device
         from fidkit.inception import tap_name
@@ -76,8 +77,13 @@ class _InceptionMetrics:
             dims=dims, convention=convention, device=None if device is None else str(device),
             input_range=tuple(input_range), weights=None if weights is None else str(weights),
             fid=fid, kid=kid, inception_score=inception_score, kid_subset_size=kid_subset_size,
-            kid_subsets=kid_subsets, is_splits=is_splits, seed=seed, force=force,
+            kid_subsets=kid_subsets, is_splits=is_splits, seed=seed, force=force, fast=fast,
         )
+        from fidkit.features import OPTIMIZED_DEFAULT
+
+        # The same network path compute_statistics runs, so a stream and a folder of the same
+        # images give the same features (see fidkit.features.OPTIMIZED_DEFAULT).
+        self._fast = OPTIMIZED_DEFAULT if fast is None else bool(fast)
         self.use_fid = self._defaults["fid"] if fid is None else bool(fid)
         self.use_kid = self._defaults["kid"] if kid is None else bool(kid)
         self.use_is = self._defaults["inception_score"] if inception_score is None else bool(inception_score)
@@ -187,10 +193,11 @@ class _InceptionMetrics:
         with torch.no_grad(), fp32_numerics():
             # The network object is shared per process: set what this call needs every time.
             self._model.outputs = wanted
-            # The same folded, channels-last network compute_statistics runs, so a stream and a
-            # folder of the same images give the same features (and the same speed).
-            network = inference_copy(self._model)
-            out = network(self._conv.prepare(x).contiguous(memory_format=torch.channels_last))
+            if self._fast:
+                network = inference_copy(self._model)
+                out = network(self._conv.prepare(x).contiguous(memory_format=torch.channels_last))
+            else:
+                out = self._model(self._conv.prepare(x))
         if self._tap in out:
             feats = out[self._tap]
             self._acc[real].update(feats)
