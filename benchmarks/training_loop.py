@@ -4,8 +4,8 @@
     python benchmarks/training_loop.py --device cpu --dims 64 --sizes 200 800 1600 --batch 16
 
 1. Cost: ``metric.update(batch)`` (range check, rescale, preprocess, network, float64 accumulate)
-   against the bare network on the same batch, ``inference_copy(model)(convention.prepare(x))``
-   (the network ``compute_statistics`` runs: folded batch norm, channels-last) without autograd,
+   against the bare network on the same batch, ``model(convention.prepare(x))`` (the network
+   ``compute_statistics`` runs; with ``fast`` its folded, channels-last copy) without autograd,
    which is the least any FID in a training loop must pay. Runs are interleaved (each repeat times
    both once) so load from other processes hits both alike; the median of each is reported.
 2. Memory: a fresh metric fed N generated images (float in [-1, 1], made on the fly batch by
@@ -75,12 +75,16 @@ def main() -> int:
     tap = str(args.dims)
     x = generated(batch, 0)
 
+    fast = metric._fast  # the same network path the metric runs (default: the plain network)
+
     def bare() -> None:
-        # The network compute_statistics runs (batch norm folded, channels-last).
         with torch.no_grad(), fp32_numerics():
             model.outputs = (tap,)
-            network = inference_copy(model)
-            network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=torch.channels_last))
+            if fast:
+                network = inference_copy(model)
+                network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=torch.channels_last))
+            else:
+                model(convention.prepare((x + 1) * 127.5))
 
     def streamed() -> None:
         metric.update(x)
