@@ -161,5 +161,9 @@ def test_console_script_exit_codes(folders, test_weights, tmp_path):
     assert missing.returncode == EXIT_USAGE
     assert missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+    # A missing B is reported before A is computed (no weights needed: exit 2, not 3).
+    late = subprocess.run(env_cmd + ["compare", str(a), str(tmp_path / "gone.pkl")],
+                          capture_output=True, text=True)
+    assert late.returncode == EXIT_USAGE and "gone.pkl does not exist" in late.stderr
     usage = subprocess.run(env_cmd + ["compare", str(a)], capture_output=True, text=True)
     assert usage.returncode == EXIT_USAGE and "Traceback" not in usage.stderr

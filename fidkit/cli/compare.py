@@ -47,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from fidkit.errors import UsageError
     from fidkit.frechet import frechet
 
+    from pathlib import Path
+
+    from fidkit.errors import InputError
+
+    for side in (args.a, args.b):  # both checked before minutes of computing on the other side
+        if not Path(side).exists():
+            raise InputError(f"{side} does not exist; check the path")
     kwargs = pipeline_kwargs(args)
     need_features = args.ci is not None or args.fid_inf or "kid" in metrics
     if need_features and is_stats_path(args.a):
