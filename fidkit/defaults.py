@@ -36,6 +36,9 @@ INPUT_SIZE = 299
 
 #: The preprocessing conventions fidkit reproduces; see :mod:`fidkit.preprocess`.
 DEFAULT_CONVENTION = "tf1"
+#: Every convention name, for argument parsing without importing torch; the registry in
+#: :mod:`fidkit.preprocess` defines each and checks that it holds exactly these.
+CONVENTION_NAMES: tuple[str, ...] = ("tf1", "pytorch-fid", "clean", "antialias")
 
 #: Environment variable that points at a local weights file (offline use).
 WEIGHTS_ENV = "FIDKIT_WEIGHTS"

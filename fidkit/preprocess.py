@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fidkit.defaults import DEFAULT_CONVENTION, INPUT_SIZE
+from fidkit.defaults import CONVENTION_NAMES, DEFAULT_CONVENTION, INPUT_SIZE
 from fidkit.errors import UsageError
 
 
@@ -163,6 +163,10 @@ register(Convention(
     description="torch bilinear (align_corners=False, antialias=True), then (x - 128) / 128",
     prepare=_prepare_antialias,
 ))
+
+
+if tuple(CONVENTIONS) != CONVENTION_NAMES:  # pragma: no cover - a developer's mistake
+    raise RuntimeError("fidkit.defaults.CONVENTION_NAMES is out of date with the registry")
 
 
 def get_convention(name: str | None) -> Convention:

@@ -6,9 +6,8 @@ import json
 import sys
 from typing import Any
 
-from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONVENTION, DEFAULT_DIMS, TAP_DIMS
-
-CONVENTION_NAMES = ("tf1", "pytorch-fid", "clean", "antialias")
+from fidkit.defaults import (CONVENTION_NAMES, DEFAULT_BATCH_SIZE, DEFAULT_CONVENTION,
+                             DEFAULT_DIMS, TAP_DIMS)
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
