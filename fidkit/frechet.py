@@ -21,7 +21,9 @@ Two numerical choices, both measured (``benchmarks/frechet.py``):
 * Singular values: the eigenvalues of the small Gram matrix M M^T (a symmetric solver, about
   4x faster than an SVD at d = 2048) are used when a first-order error estimate shows their square roots
   are accurate to 1e-11 of the result; otherwise (ill-conditioned covariances) the singular
-  values of M are computed directly.
+  values of M are computed directly. For two full-rank Cholesky factors, M is formed with
+  triangular BLAS (dtrmm), and a pair whose determinants already show the check must fail goes
+  straight to the SVD without computing the Gram eigenvalues first.
 
 ``frechet_distance`` keeps the classic signature and returns a float; ``frechet`` takes two
 :class:`~fidkit.statistics.Statistics` and returns a :class:`FrechetResult` with the parts, the
@@ -95,6 +97,10 @@ class CovarianceFactor:
     trace: float
     negative: float = 0.0
     finite: bool = True
+    #: True for a full-rank Cholesky factor (square, lower triangular): products with it can use
+    #: triangular BLAS, and ``logdet`` = log det(sigma) is known from its diagonal.
+    triangular: bool = False
+    logdet: float = float("nan")
 
 
 # --------------------------------------------------------------------------- public functions
@@ -275,9 +281,12 @@ def _cross_term(backend: "_Backend", fa: CovarianceFactor, fb: CovarianceFactor,
     """tr sqrt(S_a S_b) = nuclear norm of L_a^T L_b, and which route computed it."""
     if fa.rank == 0 or fb.rank == 0:
         return 0.0, "empty"
-    m = backend.matmul_t(fa.matrix, fb.matrix)  # (r_a, r_b)
+    m = backend.cross_matrix(fa, fb)  # (r_a, r_b)
     k = min(fa.rank, fb.rank)
-    gram = m @ m.T if fa.rank <= fb.rank else m.T @ m  # (k, k), eigenvalues = singular values^2
+    scale_hi = mean_term + fa.trace + fb.trace
+    if _gram_hopeless(backend, m, fa, fb, k, scale_hi):
+        return backend.scalar(backend.svdvals(m).sum()), "svd"
+    gram = backend.gram(m, rows=fa.rank <= fb.rank)  # (k, k), eigenvalues = singular values^2
     lam = backend.eigvalsh(gram)
     lam_max = max(float(lam[-1]), 0.0)
     # LAPACK's approximate error bound for symmetric eigenvalues is eps * |G| (Users' Guide,
@@ -288,10 +297,38 @@ def _cross_term(backend: "_Backend", fa: CovarianceFactor, fb: CovarianceFactor,
     root = backend.sqrt_clamped(lam)
     cross_gram = backend.scalar(root.sum())
     bound = backend.scalar((delta / (root + math.sqrt(delta))).sum()) if delta > 0 else 0.0
-    scale = max(mean_term + fa.trace + fb.trace - 2.0 * cross_gram, 1e-6 * (fa.trace + fb.trace))
+    scale = max(scale_hi - 2.0 * cross_gram, 1e-6 * (fa.trace + fb.trace))
     if 2.0 * bound <= _GRAM_TOLERANCE * scale:
         return cross_gram, "gram"
     return backend.scalar(backend.svdvals(m).sum()), "svd"
+
+
+def _gram_hopeless(backend: "_Backend", m: Any, fa: CovarianceFactor, fb: CovarianceFactor,
+                   k: int, scale_hi: float) -> bool:
+    """Whether the Gram route's error check is sure to fail, so its eigenvalues (a third of the
+    cost at d = 2048) need not be computed. Only a shortcut: when this says no, the check after
+    the eigenvalues still decides. For two full-rank Cholesky factors det(G) = det(S_a) det(S_b)
+    is known from their diagonals, so the geometric mean g of G's eigenvalues is free; a few
+    power steps estimate the largest, lam_max. If k eigenvalues all equal to g already exceeded
+    the check's error bound ten times over, the spread ones (some far below g) do too."""
+    if not (fa.triangular and fb.triangular) or k < 64:
+        return False
+    logdet = fa.logdet + fb.logdet
+    if not math.isfinite(logdet):
+        return False
+    g = math.exp(logdet / k)
+
+    def hopeless(lam_max: float) -> bool:
+        delta = 4.0 * _EPS * lam_max
+        bound = k * delta / (math.sqrt(g) + math.sqrt(delta))
+        return 2.0 * bound > 10.0 * _GRAM_TOLERANCE * scale_hi
+
+    # |M|_F^2 >= lam_max costs one pass; only when even it condemns the Gram route are the
+    # power steps (a lower estimate, 0.06 s at d = 2048) spent to confirm.
+    frobenius = backend.scalar((m * m).sum())
+    if not (frobenius > 0 and math.isfinite(frobenius)) or not hopeless(frobenius):
+        return False
+    return hopeless(backend.largest_gram_eigenvalue(m))
 
 
 # --------------------------------------------------------------------------- backends
@@ -301,7 +338,9 @@ class _Backend:
     def vector(self, x: Any) -> Any: ...
     def matrix(self, x: Any) -> Any: ...
     def factor(self, s: Any) -> CovarianceFactor: ...
-    def matmul_t(self, a: Any, b: Any) -> Any: ...
+    def cross_matrix(self, fa: CovarianceFactor, fb: CovarianceFactor) -> Any: ...
+    def gram(self, m: Any, rows: bool) -> Any: ...
+    def largest_gram_eigenvalue(self, m: Any) -> float: ...
     def eigvalsh(self, a: Any) -> Any: ...
     def svdvals(self, a: Any) -> Any: ...
     def sqrt_clamped(self, x: Any) -> Any: ...
@@ -337,7 +376,8 @@ class _Numpy(_Backend):
         # Cholesky succeeds on a rank-deficient matrix when rounding keeps its pivots positive;
         # a pivot at noise level means the remaining directions are noise: factor with rank.
         if low is not None and float(np.min(np.diag(low))) ** 2 > tol:
-            return CovarianceFactor(low, d, trace)
+            logdet = 2.0 * float(np.sum(np.log(np.diag(low))))
+            return CovarianceFactor(low, d, trace, triangular=True, logdet=logdet)
         pivoted = _pivoted_cholesky(s, tol)
         if pivoted is not None:
             low, rank, negative = pivoted
@@ -348,8 +388,36 @@ class _Numpy(_Backend):
         low = v[:, keep] * np.sqrt(w[keep])
         return CovarianceFactor(np.ascontiguousarray(low), int(keep.sum()), trace, negative)
 
-    def matmul_t(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def cross_matrix(self, fa: CovarianceFactor, fb: CovarianceFactor) -> np.ndarray:
+        a, b = fa.matrix, fb.matrix
+        if fa.triangular and fb.triangular:
+            try:
+                from scipy.linalg.blas import dtrmm
+            except ImportError:
+                return a.T @ b
+            # L_a^T L_b with dtrmm: half the flops of a general product (0.09 s against 0.19 s
+            # at d = 2048, idle 2 cores). dpotrf's factors are Fortran-ordered already.
+            return dtrmm(1.0, np.asfortranarray(a), np.asfortranarray(b), side=0, lower=1,
+                         trans_a=1)
         return a.T @ b
+
+    def gram(self, m: np.ndarray, rows: bool) -> np.ndarray:
+        # numpy sends m @ m.T to dsyrk itself and mirrors the triangle: 0.11 s at d = 2048,
+        # against 0.15 s for scipy's dsyrk alone (idle 2 cores).
+        return m @ m.T if rows else m.T @ m
+
+    def largest_gram_eigenvalue(self, m: np.ndarray) -> float:
+        """A few power steps on M^T M (matrix-vector products only): a lower estimate of
+        its largest eigenvalue, good to a few per cent on the spectra met here."""
+        v = np.ones(m.shape[1]) / math.sqrt(m.shape[1])
+        lam = 0.0
+        for _ in range(6):
+            w = m.T @ (m @ v)
+            lam = float(np.linalg.norm(w))
+            if not lam > 0 or not math.isfinite(lam):
+                return lam
+            v = w / lam
+        return lam
 
     def eigvalsh(self, a: np.ndarray) -> np.ndarray:
         try:
@@ -451,8 +519,14 @@ class _Torch(_Backend):
         low = v[:, keep] * torch.sqrt(w[keep])
         return CovarianceFactor(low.contiguous(), int(keep.sum()), trace, negative)
 
-    def matmul_t(self, a: Any, b: Any) -> Any:
-        return a.T @ b
+    def cross_matrix(self, fa: CovarianceFactor, fb: CovarianceFactor) -> Any:
+        return fa.matrix.T @ fb.matrix
+
+    def gram(self, m: Any, rows: bool) -> Any:
+        return m @ m.T if rows else m.T @ m
+
+    def largest_gram_eigenvalue(self, m: Any) -> float:
+        return float("nan")  # torch factors are not marked triangular: never asked
 
     def eigvalsh(self, a: Any) -> Any:
         return self.torch.linalg.eigvalsh(a)

@@ -185,3 +185,49 @@ def test_factor_reconstructs_the_covariance_at_its_rank():
     f = covariance_factor(s)
     assert f.rank == 29
     assert np.abs(f.matrix @ f.matrix.T - s).max() <= 1e-12 * np.abs(s).max()
+
+
+def test_triangular_product_equals_the_general_one():
+    # Full-rank Cholesky factors are multiplied with dtrmm; the general product is the reference.
+    from fidkit.frechet import _Numpy
+
+    rng = np.random.default_rng(7)
+    d = 200
+    s1, s2 = (np.cov(rng.standard_normal((600, d)), rowvar=False) for _ in range(2))
+    fa, fb = covariance_factor(s1), covariance_factor(s2)
+    assert fa.triangular and fb.triangular
+    assert fa.logdet == pytest.approx(np.linalg.slogdet(s1)[1], rel=1e-12)
+    fast = _Numpy().cross_matrix(fa, fb)
+    plain = np.asarray(fa.matrix).T @ np.asarray(fb.matrix)
+    assert np.abs(fast - plain).max() <= 1e-13 * np.abs(plain).max()
+
+
+def test_gram_shortcut_skip_changes_route_cost_not_value(monkeypatch):
+    # An ill-conditioned pair (condition 1e12) is recognised before the Gram eigenvalues are
+    # formed; the value equals the one reached by trying Gram first and falling back, and the
+    # closed form; a well-conditioned pair is not skipped.
+    import fidkit.frechet as frechet_module
+
+    rng = np.random.default_rng(3)
+    d = 256
+    a = np.logspace(-10, 2, d)
+    b = a * rng.uniform(0.5, 2.0, d)
+    s1, s2 = _commuting(d, a, b, rng)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    truth = float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum() + ((mu1 - mu2) ** 2).sum())
+    calls = []
+    real = frechet_module._gram_hopeless
+    monkeypatch.setattr(frechet_module, "_gram_hopeless",
+                        lambda *args: calls.append(real(*args)) or calls[-1])
+    skipped = frechet_from_moments(mu1, s1, mu2, s2)
+    assert calls == [True] and skipped.method == "svd"
+    monkeypatch.setattr(frechet_module, "_gram_hopeless", lambda *args: False)
+    tried = frechet_from_moments(mu1, s1, mu2, s2)
+    assert tried.method == "svd" and tried.value == skipped.value
+    assert abs(skipped.value - truth) <= 1e-10 * truth
+
+    monkeypatch.setattr(frechet_module, "_gram_hopeless",
+                        lambda *args: calls.append(real(*args)) or calls[-1])
+    well = np.exp(rng.uniform(np.log(0.1), np.log(10.0), d))
+    w1, w2 = _commuting(d, well, well * rng.uniform(0.5, 2.0, d), rng)
+    assert frechet_from_moments(mu1, w1, mu2, w2).method == "gram" and calls[-1] is False
