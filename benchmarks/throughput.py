@@ -8,7 +8,8 @@ pytorch-fid gets them through its ``load_state_dict_from_url``, torch-fidelity t
 
 * images/s over the extraction (network loaded -> statistics in hand) and the process wall time;
 * peak RSS of the tool's whole process tree (the process and its DataLoader workers, summed,
-  sampled every 50 ms with psutil; forked workers share pages, so the sum is an upper bound);
+  sampled every 50 ms with psutil; forked workers share pages, so the sum is an upper bound;
+  fidkit decodes in threads of its one process);
 * this machine's fp32 matmul GFLOP/s (torch, all threads) and fidkit's share of it, counting
   the FID Inception at 5.7 GMAC = 11.4 GFLOP per image;
 * fidkit's largest difference between its fast path and the plain network on the first images,
@@ -69,14 +70,16 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int) -> di
 
     import fidkit.features
 
-    # The fast path (what the recorded numbers measured); see OPTIMIZED_DEFAULT for why it is
-    # not yet the library default.
-    fidkit.features.OPTIMIZED_DEFAULT = os.environ.get("FIDKIT_BENCH_PLAIN", "") in ("", "0")
+    # fidkit's defaults (the folded channels-last network); FIDKIT_BENCH_PLAIN=1 runs --exact.
+    if os.environ.get("FIDKIT_BENCH_PLAIN", "") not in ("", "0"):
+        fidkit.features.OPTIMIZED_DEFAULT = False
+    batch = int(os.environ.get("FIDKIT_BENCH_BATCH", "0")) or None
     source = GeneratedSource(int(folder[len("generated:"):])) if folder.startswith("generated:") else folder
     model, _ = load_model(weights, device="cpu", progress=False)
     start = time.perf_counter()
+    extra = {"batch_size": batch} if batch else {}
     stats = fidkit.compute_statistics(source, dims=dims, weights=weights, workers=workers,
-                                      cache=False, progress=False)
+                                      cache=False, progress=False, **extra)
     seconds = time.perf_counter() - start
     out = {"n": stats.n, "seconds": seconds, "mu": stats.mu.tolist()}
     if not isinstance(source, str):
@@ -265,6 +268,19 @@ def parent_main(args: argparse.Namespace) -> None:
                 rel = float(np.abs(a - b).max() / np.abs(b).max())
                 print(f"{name:8s} fidkit vs torch-fidelity mu (both tf1): max rel diff {rel:.1e}")
                 report.setdefault("agreement", []).append({"set": name, "mu_rel": rel})
+    if args.batch_sweep:
+        name, folder = sets[-1]
+        for batch in (int(b) for b in args.batch_sweep.split(",")):
+            os.environ["FIDKIT_BENCH_BATCH"] = str(batch)
+            try:
+                row = run_tool("fidkit", str(folder), str(weights), work)
+            finally:
+                del os.environ["FIDKIT_BENCH_BATCH"]
+            row.pop("mu", None)
+            report.setdefault("batch_sweep", []).append(dict(row, set=name, batch=batch))
+            print(f"{name:8s} fidkit batch={batch}: {row.get('images_per_s', 0):.2f} img/s "
+                  f"peak RSS {row.get('peak_rss_mb', 0):.0f} MB PSS {row.get('peak_pss_mb', 0):.0f} MB",
+                  flush=True)
     if args.worker_sweep:
         name, folder = sets[-1]
         for workers in (0, 1, 2):
@@ -295,6 +311,8 @@ def main() -> None:
     p.add_argument("--sets", default="png256,jpg256,png1024,jpg1024",
                    help="comma-separated FORMAT+SIZE sets; the first gets --n images")
     p.add_argument("--tools", default=",".join(TOOLS))
+    p.add_argument("--batch-sweep", default=None, metavar="B,B,...",
+                   help="also run fidkit on the last set with each of these batch sizes")
     p.add_argument("--worker-sweep", action="store_true",
                    help="also run fidkit with 0, 1 and 2 decoding workers on the last set")
     p.add_argument("--scaling", default=None, metavar="N,N,...",

@@ -1,8 +1,9 @@
-"""Running a source through the FID Inception: decoding and preprocessing in DataLoader workers,
-the network on the chosen device in fp32 (TF32 off: the number must not depend on the card).
+"""Running a source through the FID Inception: decoding and preprocessing in threads that work
+ahead of the network, the network on the chosen device in fp32 (TF32 off: the number must not
+depend on the card).
 
-Speed without changing the numbers beyond rounding: with ``optimized=True`` (or
-:data:`OPTIMIZED_DEFAULT`) the network that runs is an inference copy of the loaded one
+Speed without changing the numbers beyond rounding: by default (:data:`OPTIMIZED_DEFAULT`;
+``optimized=False``, the CLI's ``--exact``, turns it off) the network that runs is an inference copy of the loaded one
 (:func:`inference_copy`) with every batch norm folded into its convolution and the weights and
 inputs in channels-last layout, which lets oneDNN/cuDNN pick their fastest fp32 kernels. Both
 change only the order of floating-point operations: the pool_3 features stay within 1e-5 of the
@@ -21,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from fidkit.defaults import FAST_PATH_DEFAULT
 from fidkit.errors import BadImageError, FidkitError, UsageError
 from fidkit.inception import BasicConv2d, FIDInceptionV3
 from fidkit.preprocess import Convention
@@ -29,11 +31,15 @@ from fidkit.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 _MODELS: dict[tuple, FIDInceptionV3] = {}
 
-#: Whether :func:`iter_features` runs :func:`inference_copy` when not told. Off until the parity
-#: tests' 1e-6 tolerances (tests/test_parity.py) are set to the pipeline's 1e-5 feature budget:
-#: with the random test weights the folded network's statistics differ from pytorch-fid's by
-#: ~1e-5 and from torch-fidelity's FID by up to ~1e-4 (rounding, amplified by the random layers).
-OPTIMIZED_DEFAULT = False
+#: Whether :func:`iter_features` (and the streaming metrics) run :func:`inference_copy` when not
+#: told. On: 1.5x the plain network's images/s on CPU with features within ~1e-6 of it relative
+#: to their largest magnitude. The plain network (``optimized=False``, ``--exact``) reproduces
+#: pytorch-fid's float32 operations in order: bit-identical pool_3 features on the same CPU, which
+#: is what the 1e-6 statistics parity tests (tests/test_parity.py) hold it to; the fast path's
+#: statistics differ from those by ~1e-5 relative with the random test weights.
+OPTIMIZED_DEFAULT = FAST_PATH_DEFAULT
+#: ``meta["fast_path"]`` of statistics made by the fast network (absent for the plain one).
+FAST_PATH_NOTE = "batch norm folded into the convolutions, channels-last"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -124,9 +130,9 @@ def fp32_numerics():
         torch.backends.cudnn.allow_tf32 = cudnn
 
 
-class _Prepared(torch.utils.data.Dataset):
-    """Decodes and preprocesses one item in a worker; errors come back as values, not exceptions,
-    so the main process can raise them as one clean line (or skip them)."""
+class _Prepared:
+    """Decodes and preprocesses one item (in a decoding thread); errors come back as values, not
+    exceptions, so the main thread can raise them as one clean line (or skip them)."""
 
     def __init__(self, source: Source, convention: Convention) -> None:
         self.source = source
@@ -141,7 +147,7 @@ class _Prepared(torch.utils.data.Dataset):
             return index, self.convention.prepare_image(image), None
         except FidkitError as exc:
             return index, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - report, never crash the worker
+        except Exception as exc:  # noqa: BLE001 - report, never crash the thread
             detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
             return index, None, f"{self.source.item_name(index)}: cannot read ({detail})"
 
@@ -154,6 +160,37 @@ def _collate(items):
     return indices, batch, errors
 
 
+def _batches(items: _Prepared, batch_size: int, threads: int) -> Iterator[tuple]:
+    """Collated batches in order. With ``threads`` > 0 a pool of that many threads decodes ahead
+    (at most the current and the next batch in flight) while the caller runs the network.
+
+    Threads, not processes: the decoders (PIL, torchvision.io) and torch's resize release the
+    GIL, and a thread adds no memory, whereas each forked DataLoader worker carried its own
+    resident copy of torch and the model (+0.5-0.7 GB summed RSS per worker measured here)."""
+    n = len(items)
+    if threads == 0:
+        for start in range(0, n, batch_size):
+            yield _collate([items[i] for i in range(start, min(n, start + batch_size))])
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fidkit-decode")
+    pending: deque = deque()
+    submitted = 0
+    try:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            while submitted < min(n, stop + batch_size):
+                pending.append(pool.submit(items.__getitem__, submitted))
+                submitted += 1
+            yield _collate([pending.popleft().result() for _ in range(stop - start)])
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class ExtractionReport:
     used: list[int] = field(default_factory=list)
@@ -161,10 +198,8 @@ class ExtractionReport:
 
 
 def default_workers() -> int:
-    """Decoding workers: half the CPUs, at least 1, at most 8. On a 2-core machine one worker
-    beside the network's two threads beat decoding inline (jpg 1024x1024, 24 images, loaded
-    machine: 0 workers 0.89 img/s, 1 worker 1.15, 2 workers 1.19 at +0.4 GB summed RSS;
-    ``benchmarks/throughput.py --worker-sweep``)."""
+    """Decoding threads: half the CPUs, at least 1, at most 8 (on a 2-core machine one thread
+    beside the network's two intra-op threads; ``benchmarks/throughput.py --worker-sweep``)."""
     cpus = os.cpu_count() or 1
     return max(1, min(8, cpus // 2))
 
@@ -184,7 +219,8 @@ def iter_features(
     """Yield the network's outputs batch by batch (dict of (B, D) float32 tensors on the model's
     device), in the source's order.
 
-    ``workers``: decoding processes (None: :func:`default_workers`; 0 decodes in this process).
+    ``workers``: decoding threads (None: :func:`default_workers`; 0 decodes in the caller's
+    thread between batches).
     ``optimized``: run :func:`inference_copy` of ``model`` (folded batch norm, channels-last);
     False runs ``model`` as it is (the reference path the tests compare against); None follows
     :data:`OPTIMIZED_DEFAULT`.
@@ -200,11 +236,8 @@ def iter_features(
         optimized = OPTIMIZED_DEFAULT
     network = inference_copy(model) if optimized else model
     layout = torch.channels_last if optimized else torch.contiguous_format
-    loader = torch.utils.data.DataLoader(
-        _Prepared(source, convention), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, pin_memory=device.type == "cuda",
-        persistent_workers=False, prefetch_factor=2 if workers else None,
-    )
+    loader = _batches(_Prepared(source, convention), batch_size, workers)
+    pin = device.type == "cuda"
     bar = None
     if progress:
         from tqdm import tqdm
@@ -222,10 +255,13 @@ def iter_features(
                 if batch is not None:
                     if report is not None:
                         report.used.extend(indices)
+                    if pin:
+                        batch = batch.pin_memory()
                     batch = batch.to(device, non_blocking=True).contiguous(memory_format=layout)
                     yield network(batch)
                 if bar is not None:
                     bar.update(len(indices) + len(errors))
     finally:
+        loader.close()
         if bar is not None:
             bar.close()

@@ -238,8 +238,13 @@ class _InceptionMetrics:
             raise UsageError(f"the {side} side holds {acc.n} image(s); update() with at least 2 first")
         source = {"kind": "tensor-stream", "images": acc.n, "input_range": list(self.input_range),
                   "ranks": distributed.world_size()}
+        extra = {}
+        if self._fast:
+            from fidkit.features import FAST_PATH_NOTE
+
+            extra["fast_path"] = FAST_PATH_NOTE
         meta = build_meta(dims=self.dims, convention=self._conv.name,
-                          weights=self._weights.describe(), n=acc.n, source=source)
+                          weights=self._weights.describe(), n=acc.n, source=source, extra=extra)
         return acc.statistics(meta)
 
     def _fid(self) -> float:

@@ -1,6 +1,6 @@
 """Image sources: anything that yields uint8 (H, W, 3) images by index and can describe itself.
 
-A source is read by index so DataLoader workers can decode in parallel; ``describe()`` is the
+A source is read by index so decoding threads can work ahead of the network; ``describe()`` is the
 ``meta["source"]`` entry of the statistics it produces.
 """
 from __future__ import annotations

@@ -201,8 +201,8 @@ def case_truncated_jpeg(ctx: Ctx) -> Prepared:
 
 
 @case
-def case_truncated_png_in_a_worker_process(ctx: Ctx) -> Prepared:
-    # the default path decodes in DataLoader workers: the error must cross back as one line
+def case_truncated_png_in_a_decoding_thread(ctx: Ctx) -> Prepared:
+    # the default path decodes in threads: the error must come back to the caller as one line
     data = _png_bytes()
     folder, bad = _one_bad(ctx, "a_cut.png", data[: len(data) // 3])
     argv = ctx.stats_argv(folder)

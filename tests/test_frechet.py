@@ -231,3 +231,20 @@ def test_gram_shortcut_skip_changes_route_cost_not_value(monkeypatch):
     well = np.exp(rng.uniform(np.log(0.1), np.log(10.0), d))
     w1, w2 = _commuting(d, well, well * rng.uniform(0.5, 2.0, d), rng)
     assert frechet_from_moments(mu1, w1, mu2, w2).method == "gram" and calls[-1] is False
+
+
+def test_numpy_hugepage_advice_is_restored():
+    # The distance switches numpy's huge-page advice off while it runs; the caller's setting
+    # must come back whatever it was, also after an error.
+    np_multiarray = pytest.importorskip("numpy._core.multiarray")
+    setter = np_multiarray._set_madvise_hugepage
+    before = setter(False)
+    try:
+        for state in (False, True):
+            setter(state)
+            frechet_distance(np.zeros(4), np.eye(4), np.ones(4), 2 * np.eye(4))
+            with pytest.raises(UsageError):
+                frechet_distance(np.zeros(4), np.eye(4), np.ones(3), np.eye(3))
+            assert setter(state) is state
+    finally:
+        setter(before)

@@ -91,31 +91,44 @@ def _pytorch_fid_stats(folder, model, dims):
                                            num_workers=0)
 
 
+#: (statistics, FID) relative tolerances against the peer's features run through the same
+#: Frechet function. ``exact`` (``fast=False``, the CLI's ``--exact``) runs pytorch-fid's float32
+#: operations in order; the default folded channels-last network differs by float32 rounding,
+#: which the deep random test layers amplify to 1.1-1.4e-4 on sigma (whose entries are small:
+#: features vary by ~0.1 around 0.4), measured; tests/test_throughput_paths.py
+#: bounds the features themselves at 1e-5 of their magnitude).
+PATHS = {"exact": (False, 1e-6, 1e-6), "default": (None, 5e-4, 1e-4)}
+
+
 @pytest.mark.parametrize("name", ["32", "256", "nonsquare"])
-def test_statistics_and_fid_match_pytorch_fid(name, image_folders, test_weights,
+@pytest.mark.parametrize("path", list(PATHS))
+def test_statistics_and_fid_match_pytorch_fid(name, path, image_folders, test_weights,
                                               pytorch_fid_model_factory):
     from pytorch_fid.fid_score import calculate_frechet_distance
 
+    fast, stats_tol, fid_tol = PATHS[path]
     a, b = image_folders[name]
     peer = pytorch_fid_model_factory([3])
     theirs = [_pytorch_fid_stats(f, peer, 2048) for f in (a, b)]
     ours = [fidkit.compute_statistics(f, convention="pytorch-fid", weights=str(test_weights),
-                                      workers=0, progress=False) for f in (a, b)]
+                                      workers=0, progress=False, fast=fast, cache=False)
+            for f in (a, b)]
     for (mu, sigma), s in zip(theirs, ours):
-        assert rel(s.mu, mu) <= 1e-6
-        assert rel(s.sigma, sigma) <= 1e-6
+        assert rel(s.mu, mu) <= stats_tol
+        assert rel(s.sigma, sigma) <= stats_tol
     # Same Frechet function on both sets of statistics.
     fid_ours = frechet_distance(ours[0].mu, ours[0].sigma, ours[1].mu, ours[1].sigma)
     fid_theirs = frechet_distance(*theirs[0], *theirs[1])
     assert fid_ours > 0
-    assert abs(fid_ours - fid_theirs) <= 1e-6 * fid_theirs
+    assert abs(fid_ours - fid_theirs) <= fid_tol * fid_theirs
     # The peer's own end-to-end number (its scipy sqrtm), within the 1e-4 budget.
     peer_own = calculate_frechet_distance(*theirs[0], *theirs[1])
     assert abs(fid_ours - peer_own) <= 1e-4 * peer_own
 
 
 @pytest.mark.parametrize("name", ["32", "256", "nonsquare"])
-def test_statistics_and_fid_match_torch_fidelity(name, image_folders, test_weights):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_statistics_and_fid_match_torch_fidelity(name, path, image_folders, test_weights):
     import torch_fidelity
     from torch_fidelity.metric_fid import fid_input_id_to_statistics
     from torch_fidelity.utils import create_feature_extractor
@@ -126,14 +139,18 @@ def test_statistics_and_fid_match_torch_fidelity(name, image_folders, test_weigh
                   save_cpu_ram=True)
     extractor = create_feature_extractor("inception-v3-compat", ["2048"], **kwargs)
     theirs = [fid_input_id_to_statistics(i, extractor, "2048", **kwargs) for i in (1, 2)]
+    fast, stats_tol, fid_tol = PATHS[path]
     ours = [fidkit.compute_statistics(f, convention="tf1", weights=str(test_weights), workers=0,
-                                      progress=False) for f in (a, b)]
+                                      progress=False, fast=fast, cache=False) for f in (a, b)]
+    # torch-fidelity's features equal the exact path's (max abs diff 0 on CPU); its float32
+    # statistics then hold them to 1e-5.
+    stats_tol, fid_tol = max(stats_tol, 1e-5), max(fid_tol, 1e-5)
     for t, s in zip(theirs, ours):
-        assert rel(s.mu, t["mu"]) <= 1e-5
-        assert rel(s.sigma, t["sigma"]) <= 1e-5
+        assert rel(s.mu, t["mu"]) <= stats_tol
+        assert rel(s.sigma, t["sigma"]) <= stats_tol
     fid_ours = frechet_distance(ours[0].mu, ours[0].sigma, ours[1].mu, ours[1].sigma)
     fid_theirs = frechet_distance(theirs[0]["mu"], theirs[0]["sigma"], theirs[1]["mu"], theirs[1]["sigma"])
-    assert abs(fid_ours - fid_theirs) <= 1e-5 * fid_theirs
+    assert abs(fid_ours - fid_theirs) <= fid_tol * fid_theirs
     metrics = torch_fidelity.calculate_metrics(fid=True, **kwargs)
     peer_own = metrics["frechet_inception_distance"]
     assert abs(fid_ours - peer_own) <= 1e-4 * peer_own

@@ -144,3 +144,23 @@ def test_compute_statistics_default_path_matches_plain_features(test_weights, tm
     assert np.abs(stats.mu - f.mean(0)).max() <= REL_TOL * scale
     assert np.abs(stats.sigma - np.cov(f, rowvar=False)).max() <= REL_TOL * scale ** 2
     net.outputs = ("2048",)
+
+
+def test_decoding_threads_stop_when_the_consumer_stops(test_weights, tmp_path):
+    """Leaving the feature loop early (an error, a break) must not leave decoding threads
+    behind, and every batch comes out in the source's order."""
+    import threading
+
+    from fidkit.features import _batches, _Prepared
+    from fidkit.preprocess import get_convention
+    from fidkit.sources import FolderSource
+
+    folder = write_folder(tmp_path / "many", make_images(11, (24, 24), seed=2))
+    items = _Prepared(FolderSource(folder), get_convention("tf1"))
+    got = [idx for idx, _, _ in _batches(items, 3, threads=3)]
+    assert got == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    gen = _batches(items, 2, threads=2)
+    next(gen)
+    gen.close()
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("fidkit-decode")]
+    assert alive == []

@@ -30,9 +30,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--recursive", action="store_true", help="read image folders recursively")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images (reported) instead of stopping at the first")
-    g.add_argument("--fast", action="store_true",
-                   help="run the batch-norm-folded, channels-last network: ~1.5x faster on CPU, "
-                        "features differ by float32 rounding (recorded in the provenance)")
+    g.add_argument("--exact", action="store_true",
+                   help="run the network as pytorch-fid does (batch norm unfolded, contiguous "
+                        "layout): bit-identical features on CPU, ~1.5x slower than the default "
+                        "folded channels-last network, whose features differ by float32 rounding")
+    g.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1
     g.add_argument("--no-cache", action="store_true",
                    help="recompute folder statistics even if an unchanged cached copy exists")
     d = parser.add_argument_group("DICOM folders")
@@ -52,7 +54,7 @@ def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         dims=args.dims, convention=args.convention, batch_size=args.batch_size,
         device=args.device, workers=args.workers, weights=args.weights,
         recursive=args.recursive, skip_bad=args.skip_bad, cache=not args.no_cache,
-        fast=True if args.fast else None,
+        fast=False if args.exact else (True if args.fast else None),
     )
     if any(getattr(args, k, None) is not None for k in ("spacing", "window", "axis", "slices")):
         from fidkit.dicom.source import DicomOptions
