@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONVENTION, DEFAULT_DIMS
+from fidkit.defaults import DEFAULT_CONVENTION, DEFAULT_DIMS
 from fidkit.errors import InputError, ProvenanceMismatchError
 from fidkit.statistics import Statistics, StatisticsAccumulator
 
@@ -56,7 +56,7 @@ def compute_statistics(
     *,
     dims: int = DEFAULT_DIMS,
     convention: str = DEFAULT_CONVENTION,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     device: str | None = None,
     workers: int | None = None,
     weights: str | os.PathLike | None = None,

@@ -45,7 +45,11 @@ WEIGHTS_ENV = "FIDKIT_WEIGHTS"
 #: Environment variable that overrides the cache folder.
 CACHE_ENV = "FIDKIT_CACHE"
 
+#: Images per network batch on a GPU, and on CPU (where the batch only costs memory: on the 2-core
+#: box, 200 PNGs 256x256, 16 gave 8.6 img/s at 1.18 GB peak RSS against 9.05 img/s at 1.75 GB for
+#: 50; ``benchmarks/throughput.py --batch-sweep``, benchmarks/RESULTS.md).
 DEFAULT_BATCH_SIZE = 50
+DEFAULT_CPU_BATCH_SIZE = 16
 
 #: Whether the network runs as its batch-norm-folded, channels-last copy unless told otherwise
 #: (``--exact`` / ``fast=False`` runs the plain one); see :mod:`fidkit.features`.

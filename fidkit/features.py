@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from fidkit.defaults import FAST_PATH_DEFAULT
+from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, FAST_PATH_DEFAULT
 from fidkit.errors import BadImageError, FidkitError, UsageError
 from fidkit.inception import BasicConv2d, FIDInceptionV3
 from fidkit.preprocess import Convention
@@ -209,7 +209,7 @@ def iter_features(
     model: FIDInceptionV3,
     convention: Convention,
     *,
-    batch_size: int = 50,
+    batch_size: int | None = None,
     workers: int | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -226,12 +226,14 @@ def iter_features(
     :data:`OPTIMIZED_DEFAULT`.
     Raises :class:`BadImageError` for an unreadable item unless ``skip_bad``; UsageError for a
     batch size under 1 or a negative worker count."""
+    device = next(model.parameters()).device
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE if device.type == "cuda" else DEFAULT_CPU_BATCH_SIZE
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    device = next(model.parameters()).device
     if optimized is None:
         optimized = OPTIMIZED_DEFAULT
     network = inference_copy(model) if optimized else model

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from fidkit.defaults import (CONVENTION_NAMES, DEFAULT_BATCH_SIZE, DEFAULT_CONVENTION,
+                             DEFAULT_CPU_BATCH_SIZE,
                              DEFAULT_DIMS, TAP_DIMS)
 
 
@@ -19,8 +20,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help=f"Inception tap: 64, 192, 768 or 2048 = pool_3 (default {DEFAULT_DIMS})")
     g.add_argument("--convention", default=DEFAULT_CONVENTION, choices=CONVENTION_NAMES,
                    help=f"resize/normalise convention (default {DEFAULT_CONVENTION}; see README)")
-    g.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="N",
-                   help=f"images per network batch (default {DEFAULT_BATCH_SIZE})")
+    g.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                   help=f"images per network batch (default {DEFAULT_BATCH_SIZE} on a GPU, "
+                        f"{DEFAULT_CPU_BATCH_SIZE} on CPU, measured)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--workers", type=_non_negative, default=None, metavar="N",
                    help="decoding worker processes (default: measured best for this machine)")
