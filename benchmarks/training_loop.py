@@ -44,6 +44,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="default 20 on GPU, 5 on CPU")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000, 20000])
     parser.add_argument("--weights", default=os.environ.get("FIDKIT_WEIGHTS"))
+    parser.add_argument("--one-stream", action="store_true",
+                        help="memory: one metric fed max(--sizes) images, the peak so far read "
+                             "at each size (instead of a fresh metric per size)")
+    parser.add_argument("--skip-cost", action="store_true", help="memory part only")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -75,7 +79,7 @@ def main() -> int:
     tap = str(args.dims)
     x = generated(batch, 0)
 
-    fast = metric._fast  # the same network path the metric runs (default: the plain network)
+    fast = metric._fast  # the same network path the metric runs (default: the folded network)
 
     def bare() -> None:
         with torch.no_grad(), fp32_numerics():
@@ -92,13 +96,17 @@ def main() -> int:
     for fn in (bare, streamed):  # warm-up: cuDNN autotune, allocator, first-call costs
         fn()
     times: dict[str, list[float]] = {"bare": [], "update": []}
-    for _ in range(repeats):
+    for _ in range(0 if args.skip_cost else repeats):
         for name, fn in (("bare", bare), ("update", streamed)):
             sync()
             start = time.perf_counter()
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
+    if args.one_stream:
+        return _one_stream(args, metric_factory=lambda: fidkit.FID(
+            dims=args.dims, weights=weights, device=device, input_range=(-1, 1)),
+            generated=generated, batch=batch, cuda=cuda, device=device, sync=sync)
     t_bare, t_update = (statistics.median(times[k]) for k in ("bare", "update"))
     print(f"bare forward   {t_bare * 1e3:9.2f} ms/batch  ({batch / t_bare:8.1f} img/s)")
     print(f"FID.update     {t_update * 1e3:9.2f} ms/batch  ({batch / t_update:8.1f} img/s)")
@@ -135,6 +143,42 @@ def main() -> int:
               f"{n / (time.perf_counter() - start):8.1f} img/s")
     print("peak memory ratio to the smallest N: "
           + ", ".join(f"{n}: {p / max(peaks[0], 1):.3f}" for n, p in zip(args.sizes, peaks)))
+    return 0
+
+
+def _one_stream(args, *, metric_factory, generated, batch, cuda, device, sync) -> int:
+    """One metric fed max(sizes) images; the peak memory so far is read at each size."""
+    import psutil
+    import torch
+
+    process = psutil.Process()
+    metric = metric_factory()
+    sync()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = process.memory_info().rss
+    print(f"start: {base / 2**20:.1f} MiB {'allocated' if cuda else 'RSS'} (network loaded)")
+    peak, seen, start = 0, 0, time.perf_counter()
+    sizes = sorted(set(args.sizes))
+    peaks = []
+    for n in sizes:
+        while seen < n:
+            metric.update(generated(min(batch, n - seen), seen + 1))
+            seen += min(batch, n - seen)
+            if not cuda:
+                peak = max(peak, process.memory_info().rss - base)
+        sync()
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(device) - base
+        peaks.append(peak)
+        print(f"after N = {n:6d}: peak so far {peak / 2**20:9.1f} MiB above start "
+              f"({(base + peak) / 2**20:.1f} MiB in all), "
+              f"{seen / (time.perf_counter() - start):6.1f} img/s", flush=True)
+    print(f"n = {metric.statistics().n}; peak ratio to N = {sizes[0]}: "
+          + ", ".join(f"{n}: {p / max(peaks[0], 1):.3f}" for n, p in zip(sizes, peaks)))
     return 0
 
 
