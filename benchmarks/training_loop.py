@@ -107,6 +107,8 @@ def main() -> int:
         return _one_stream(args, metric_factory=lambda: fidkit.FID(
             dims=args.dims, weights=weights, device=device, input_range=(-1, 1)),
             generated=generated, batch=batch, cuda=cuda, device=device, sync=sync)
+    if args.skip_cost:
+        raise SystemExit("--skip-cost is for the --one-stream memory run")
     t_bare, t_update = (statistics.median(times[k]) for k in ("bare", "update"))
     print(f"bare forward   {t_bare * 1e3:9.2f} ms/batch  ({batch / t_bare:8.1f} img/s)")
     print(f"FID.update     {t_update * 1e3:9.2f} ms/batch  ({batch / t_update:8.1f} img/s)")
@@ -122,12 +124,7 @@ def main() -> int:
     for n in args.sizes:
         metric = fidkit.FID(dims=args.dims, weights=weights, device=device, input_range=(-1, 1))
         sync()
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        else:
-            base = process.memory_info().rss
+        base = _memory_base(cuda, device, process)
         peak = 0
         start = time.perf_counter()
         for i in range(0, n, batch):
@@ -146,6 +143,17 @@ def main() -> int:
     return 0
 
 
+def _memory_base(cuda: bool, device, process) -> int:
+    """The level peaks are measured from: CUDA's allocated bytes (peak stats reset), else RSS."""
+    import torch
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    return process.memory_info().rss
+
+
 def _one_stream(args, *, metric_factory, generated, batch, cuda, device, sync) -> int:
     """One metric fed max(sizes) images; the peak memory so far is read at each size."""
     import psutil
@@ -154,12 +162,7 @@ def _one_stream(args, *, metric_factory, generated, batch, cuda, device, sync) -
     process = psutil.Process()
     metric = metric_factory()
     sync()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = process.memory_info().rss
+    base = _memory_base(cuda, device, process)
     print(f"start: {base / 2**20:.1f} MiB {'allocated' if cuda else 'RSS'} (network loaded)")
     peak, seen, start = 0, 0, time.perf_counter()
     sizes = sorted(set(args.sizes))

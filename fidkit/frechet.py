@@ -205,6 +205,7 @@ def covariance_factor(sigma: Any) -> CovarianceFactor:
 
 _PAGES_LOCK = threading.Lock()
 _PAGES_DEPTH = 0
+_PAGES_PREVIOUS = True
 
 
 @contextlib.contextmanager
@@ -215,7 +216,7 @@ def _small_pages():
     d = 2048, the distance took 1.1 s instead of 0.85 s right after torchmetrics' FID, and
     0.87 s with the advice off, which costs nothing on an unfragmented machine (0.80-0.85 s
     either way). The advice is switched off while the distance runs, then restored."""
-    global _PAGES_DEPTH
+    global _PAGES_DEPTH, _PAGES_PREVIOUS
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # pragma: no cover - numpy < 2 or a future rename: just run
@@ -223,7 +224,7 @@ def _small_pages():
         return
     with _PAGES_LOCK:
         if _PAGES_DEPTH == 0:
-            _small_pages.previous = _set_madvise_hugepage(False)
+            _PAGES_PREVIOUS = _set_madvise_hugepage(False)
         _PAGES_DEPTH += 1
     try:
         yield
@@ -231,7 +232,7 @@ def _small_pages():
         with _PAGES_LOCK:
             _PAGES_DEPTH -= 1
             if _PAGES_DEPTH == 0:
-                _set_madvise_hugepage(_small_pages.previous)
+                _set_madvise_hugepage(_PAGES_PREVIOUS)
 
 
 def cached_factor(stats: "Statistics") -> CovarianceFactor:
