@@ -60,7 +60,7 @@ class GeneratedSource:
         return {"kind": "generated", "images": self.count}
 
 
-def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int) -> dict:
+def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, device: str = "cpu") -> dict:
     import torch
 
     import fidkit
@@ -75,11 +75,11 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int) -> di
         fidkit.features.OPTIMIZED_DEFAULT = False
     batch = int(os.environ.get("FIDKIT_BENCH_BATCH", "0")) or None
     source = GeneratedSource(int(folder[len("generated:"):])) if folder.startswith("generated:") else folder
-    model, _ = load_model(weights, device="cpu", progress=False)
+    model, _ = load_model(weights, device=device, progress=False)
     start = time.perf_counter()
     extra = {"batch_size": batch} if batch else {}
     stats = fidkit.compute_statistics(source, dims=dims, weights=weights, workers=workers,
-                                      cache=False, progress=False, **extra)
+                                      device=device, cache=False, progress=False, **extra)
     seconds = time.perf_counter() - start
     out = {"n": stats.n, "seconds": seconds, "mu": stats.mu.tolist()}
     if not isinstance(source, str):
@@ -96,26 +96,26 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int) -> di
     return out
 
 
-def _run_pytorch_fid(folder: str, weights: str) -> dict:
+def _run_pytorch_fid(folder: str, weights: str, device: str = "cpu") -> dict:
     import torch
     from pytorch_fid import fid_score
     from pytorch_fid import inception as pfi
 
     state = torch.load(weights, weights_only=True)
     pfi.load_state_dict_from_url = lambda *a, **k: state
-    model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(device)
     workers = min(len(os.sched_getaffinity(0)), 8)  # pytorch-fid's own CLI default
     start = time.perf_counter()
-    mu, _sigma = fid_score.compute_statistics_of_path(folder, model, 50, 2048, "cpu", workers)
+    mu, _sigma = fid_score.compute_statistics_of_path(folder, model, 50, 2048, device, workers)
     files = [p for p in Path(folder).iterdir() if p.suffix[1:].lower() in fid_score.IMAGE_EXTENSIONS]
     return {"n": len(files), "seconds": time.perf_counter() - start, "mu": mu.tolist()}
 
 
-def _run_torch_fidelity(folder: str, weights: str) -> dict:
+def _run_torch_fidelity(folder: str, weights: str, device: str = "cpu") -> dict:
     from torch_fidelity.metric_fid import fid_input_id_to_statistics
     from torch_fidelity.utils import create_feature_extractor
 
-    kwargs = dict(input1=folder, cuda=False, cache=False, verbose=False,
+    kwargs = dict(input1=folder, cuda=device.startswith("cuda"), cache=False, verbose=False,
                   feature_extractor_weights_path=weights)
     extractor = create_feature_extractor("inception-v3-compat", ["2048"], **kwargs)
     start = time.perf_counter()
@@ -127,11 +127,11 @@ def _run_torch_fidelity(folder: str, weights: str) -> dict:
 def child_main(args: argparse.Namespace) -> None:
     tool = args.run
     if tool == "fidkit":
-        result = _run_fidkit(args.folder, args.weights, args.workers, args.dims)
+        result = _run_fidkit(args.folder, args.weights, args.workers, args.dims, args.device)
     elif tool == "pytorch-fid":
-        result = _run_pytorch_fid(args.folder, args.weights)
+        result = _run_pytorch_fid(args.folder, args.weights, args.device)
     elif tool == "torch-fidelity":
-        result = _run_torch_fidelity(args.folder, args.weights)
+        result = _run_torch_fidelity(args.folder, args.weights, args.device)
     else:
         raise SystemExit(f"unknown tool {tool}")
     Path(args.result).write_text(json.dumps(result))
@@ -208,10 +208,10 @@ def make_set(folder: Path, count: int, size: int, fmt: str) -> Path:
 
 
 def run_tool(tool: str, folder: str, weights: str, work: Path, *, workers: int | None = None,
-             dims: int = 2048) -> dict:
+             dims: int = 2048, device: str = "cpu") -> dict:
     result = work / f"result-{os.getpid()}-{time.time_ns()}.json"
-    cmd = [sys.executable, __file__, "--run", tool, "--folder", folder, "--weights", weights,
-           "--result", str(result), "--dims", str(dims)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--run", tool, "--folder", folder,
+           "--weights", weights, "--result", str(result), "--dims", str(dims), "--device", device]
     if workers is not None:
         cmd += ["--workers", str(workers)]
     wall, peak, peak_pss, code = measure(cmd)
@@ -328,6 +328,7 @@ def main() -> None:
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--dims", type=int, default=2048, help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)  # benchmarks/gpu.py sets cuda
     args = p.parse_args()
     if args.run:
         child_main(args)
