@@ -7,12 +7,13 @@ One run, one card, the same random test weights for every tool (``fidkit weights
    switched on globally beforehand, to show fidkit turns it off (and what TF32 would cost);
 2. in-memory tensors: a streaming ``fidkit.FID`` fed uint8 (B, 3, 256, 256) batches that already
    sit on the card, against torchmetrics' ``FrechetInceptionDistance`` (torch-fidelity's network)
-   and pytorch-fid's ``InceptionV3`` with its activations copied to the host as its own loop does;
-   images/s per batch size, synchronised timing;
+   and pytorch-fid's ``InceptionV3`` with its activations copied to the host as its own loop does,
+   each with cuDNN's default TF32 convolutions and with TF32 off (fidkit's numerics); fidkit also
+   with its folded network in channels-last; images/s per batch size, synchronised timing;
 3. a folder of PNGs (256x256, written here in parallel): ``fidkit`` vs ``pytorch-fid`` vs
    ``torch-fidelity`` end to end on the card, each in its own process with its own default
-   workers (``benchmarks/throughput.py``'s child runs with ``--device cuda``), plus fidkit with
-   other decoding-thread counts.
+   workers (``benchmarks/throughput.py``'s child runs with ``--device cuda``), the peers also with
+   TF32 off, plus fidkit with another decoding-thread count.
 
 The card's plain fp32 matmul rate (TF32 off) is measured in the same run; fidkit's share of it
 counts 11.4 GFLOP per image.
@@ -101,7 +102,7 @@ def numerics(weights: str) -> dict:
     out: dict = {"cpu_plain": {t: _rel(cpu_plain[t], truth[t]) for t in taps}}
     with torch.no_grad(), fp32_numerics():
         plain = model(xc)
-        quick = fast(xc.contiguous(memory_format=torch.channels_last))
+        quick = fast(xc.contiguous(memory_format=fast_layout(DEVICE)))
     out["cuda_plain"] = {t: _rel(plain[t], truth[t]) for t in taps}
     out["cuda_fast"] = {t: _rel(quick[t], truth[t]) for t in taps}
     out["cuda_fast_vs_plain"] = {t: _rel(quick[t], plain[t]) for t in taps}
@@ -140,46 +141,80 @@ def _timed(step, batch: torch.Tensor, images: int) -> float:
     return calls * batch.shape[0] / (time.perf_counter() - start)
 
 
+class _layout:
+    """Make fidkit's fast network use ``fmt`` on the card (to compare layouts in one run)."""
+
+    def __init__(self, model, fmt) -> None:
+        import fidkit.features as features
+
+        self.features, self.model, self.fmt = features, model, fmt
+
+    def __enter__(self):
+        self.saved = self.features.fast_layout
+        self.features.fast_layout = lambda device: self.fmt
+        self.model.__dict__.pop("_fidkit_inference_copy", None)
+
+    def __exit__(self, *exc):
+        self.features.fast_layout = self.saved
+        self.model.__dict__.pop("_fidkit_inference_copy", None)
+
+
+class _tf32:
+    """TF32 on or off for the peers (cuDNN's default is on; fidkit switches it off itself)."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.on
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
 def in_memory(weights: str, batches: list[int], images: int) -> list[dict]:
     import fidkit
 
     rows = []
     state = torch.load(weights, weights_only=True)
+    cudnn_default = torch.backends.cudnn.allow_tf32
     for batch_size in batches:
         batch = torch.randint(0, 256, (batch_size, 3, 256, 256), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(batch_size)).to(DEVICE)
         row: dict = {"batch": batch_size}
-        for name, fast in (("fidkit", None), ("fidkit --exact", False)):
-            metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE, fast=fast)
-            row[name] = _timed(metric.update, batch, images)
-        torch.backends.cudnn.benchmark = True
-        try:
-            metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE)
-            row["fidkit, cudnn.benchmark on"] = _timed(metric.update, batch, images)
-        finally:
-            torch.backends.cudnn.benchmark = False
-        try:
-            from torchmetrics.image.fid import FrechetInceptionDistance
+        metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE)
+        row["fidkit"] = _timed(metric.update, batch, images)
+        with _layout(metric._model, torch.channels_last):
+            row["fidkit, folded channels-last"] = _timed(metric.update, batch, images)
+        metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE, fast=False)
+        row["fidkit --exact"] = _timed(metric.update, batch, images)
+        for tf32 in (cudnn_default, False) if cudnn_default else (False,):
+            tag = " (TF32 on, its default)" if tf32 else " (TF32 off)"
+            with _tf32(tf32):
+                try:
+                    from torchmetrics.image.fid import FrechetInceptionDistance
 
-            tm = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights).to(DEVICE)
-            row["torchmetrics"] = _timed(lambda b: tm.update(b, real=False), batch, images)
-        except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
-            row["torchmetrics"] = f"failed: {type(exc).__name__}: {exc}"[:200]
-        try:
-            from pytorch_fid import inception as pfi
+                    tm = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights)
+                    tm = tm.to(DEVICE)
+                    row["torchmetrics" + tag] = _timed(lambda b: tm.update(b, real=False), batch, images)
+                except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
+                    row["torchmetrics" + tag] = f"failed: {type(exc).__name__}: {exc}"[:200]
+                try:
+                    from pytorch_fid import inception as pfi
 
-            pfi.load_state_dict_from_url = lambda *a, **k: state
-            net = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(DEVICE)
-            kept: list = []
+                    pfi.load_state_dict_from_url = lambda *a, **k: state
+                    net = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(DEVICE)
+                    kept: list = []
 
-            def pfid_step(b):
-                with torch.no_grad():
-                    pred = net(b.float() / 255)[0]  # its loop: [0, 1] floats in, pool_3 out
-                kept.append(pred.squeeze(3).squeeze(2).cpu().numpy())
+                    def pfid_step(b):
+                        with torch.no_grad():
+                            pred = net(b.float() / 255)[0]  # its loop: [0, 1] floats in, pool_3 out
+                        kept.append(pred.squeeze(3).squeeze(2).cpu().numpy())
 
-            row["pytorch-fid"] = _timed(pfid_step, batch, images)
-        except Exception as exc:  # noqa: BLE001
-            row["pytorch-fid"] = f"failed: {type(exc).__name__}: {exc}"[:200]
+                    row["pytorch-fid" + tag] = _timed(pfid_step, batch, images)
+                except Exception as exc:  # noqa: BLE001
+                    row["pytorch-fid" + tag] = f"failed: {type(exc).__name__}: {exc}"[:200]
         rows.append(row)
         print("in-memory", json.dumps(row), flush=True)
     return rows
@@ -211,19 +246,23 @@ def folder_runs(weights: str, work: Path, count: int, tools: list[str], sweep: l
     rows = []
     for tool in tools:
         rows.append(throughput.run_tool(tool, str(folder), weights, work, device=DEVICE))
+        if tool != "fidkit" and DEVICE.startswith("cuda"):
+            os.environ["FIDKIT_BENCH_NO_TF32"] = "1"
+            try:
+                row = throughput.run_tool(tool, str(folder), weights, work, device=DEVICE)
+            finally:
+                del os.environ["FIDKIT_BENCH_NO_TF32"]
+            rows.append(dict(row, tool=f"{tool} (TF32 off)"))
     for workers in sweep:
         row = throughput.run_tool("fidkit", str(folder), weights, work, workers=workers, device=DEVICE)
         rows.append(dict(row, tool=f"fidkit workers={workers}"))
     for row in rows:
-        mu = row.pop("mu", None)
-        if mu is not None and row["tool"] == "fidkit":
-            row["_mu"] = mu
-        print("folder", json.dumps({k: v for k, v in row.items() if k != "_mu"}), flush=True)
+        row.pop("mu", None)
+        print("folder", json.dumps(row), flush=True)
     base = next((r for r in rows if r["tool"] == "fidkit" and "images_per_s" in r), None)
     for row in rows:
-        if base and row["tool"] in ("pytorch-fid", "torch-fidelity") and "images_per_s" in row:
+        if base and not row["tool"].startswith("fidkit") and "images_per_s" in row:
             print(f"folder fidkit / {row['tool']}: {base['images_per_s'] / row['images_per_s']:.2f}x")
-        row.pop("_mu", None)
     return rows
 
 
@@ -233,7 +272,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000, help="images timed per in-memory case")
     p.add_argument("--folder-images", type=int, default=5000, help="PNGs in the folder run")
     p.add_argument("--tools", default="fidkit,pytorch-fid,torch-fidelity")
-    p.add_argument("--worker-sweep", default="4,16", help="also run fidkit with these thread counts")
+    p.add_argument("--worker-sweep", default="16", help="also run fidkit with these thread counts")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: numerics,memory,folder")
     p.add_argument("--weights", default=None)
     p.add_argument("--workdir", default=None)

@@ -126,6 +126,10 @@ def _run_torch_fidelity(folder: str, weights: str, device: str = "cpu") -> dict:
 
 def child_main(args: argparse.Namespace) -> None:
     tool = args.run
+    if os.environ.get("FIDKIT_BENCH_NO_TF32", "") not in ("", "0"):
+        import torch  # a peer made to run plain fp32 convolutions, as fidkit always does
+
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if tool == "fidkit":
         result = _run_fidkit(args.folder, args.weights, args.workers, args.dims, args.device)
     elif tool == "pytorch-fid":

@@ -3,12 +3,15 @@ ahead of the network, the network on the chosen device in fp32 (TF32 off: the nu
 depend on the card).
 
 Speed without changing the numbers beyond rounding: by default (:data:`OPTIMIZED_DEFAULT`;
-``optimized=False``, the CLI's ``--exact``, turns it off) the network that runs is an inference copy of the loaded one
-(:func:`inference_copy`) with every batch norm folded into its convolution and the weights and
-inputs in channels-last layout, which lets oneDNN/cuDNN pick their fastest fp32 kernels. Both
-change only the order of floating-point operations: the pool_3 features stay within 1e-5 of the
-plain network's relative to their largest magnitude (``tests/test_throughput_paths.py``).
-Measured on a shared 2-core AVX-512 CPU (``benchmarks/throughput.py``, ``benchmarks/RESULTS.md``).
+``optimized=False``, the CLI's ``--exact``, turns it off) the network that runs is an inference
+copy of the loaded one (:func:`inference_copy`) with every batch norm folded into its
+convolution, in the layout its device's fp32 kernels are fastest in (:func:`fast_layout`:
+channels-last on the CPU, NCHW on CUDA). This changes only the order of floating-point
+operations: the fast path is as close to a float64 evaluation of the network as the plain
+float32 network is (within 3x, ``tests/test_throughput_paths.py``). On a CUDA card the decoding
+threads only decode; the images are resized there in batches (:func:`_device_batch`).
+Measured on a 2-core AVX-512 CPU and an H200 (``benchmarks/throughput.py``,
+``benchmarks/gpu.py``, ``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
@@ -97,18 +100,27 @@ def fold_batchnorm(model: FIDInceptionV3) -> FIDInceptionV3:
     return folded.train(False)
 
 
+def fast_layout(device: torch.device | str) -> torch.memory_format:
+    """Memory layout of the fast network on ``device``: channels-last on the CPU, where oneDNN's
+    fp32 convolutions are fastest in it; NCHW on CUDA, where cuDNN's fp32 (non-TF32) kernels were
+    faster in NCHW on an H200 (benchmarks/gpu.py, benchmarks/RESULTS.md)."""
+    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+
+
 def inference_copy(model: FIDInceptionV3) -> FIDInceptionV3:
-    """The network :func:`iter_features` runs: batch norm folded, channels-last weights.
+    """The network :func:`iter_features` runs: batch norm folded, weights in
+    :func:`fast_layout` for the model's device (feed it inputs in that layout).
 
     Memoised on ``model`` and rebuilt when any of its tensors changed in place (``load_weights``
-    bumps their version counters), so callers may keep using and reloading the plain model.
-    The copy's ``outputs`` follow the plain model's at every call.
+    bumps their version counters) or it moved device, so callers may keep using and reloading
+    the plain model. The copy's ``outputs`` follow the plain model's at every call.
     """
-    fingerprint = tuple(t._version for t in model.state_dict().values())
+    device = next(model.parameters()).device
+    fingerprint = (str(device),) + tuple(t._version for t in model.state_dict().values())
     cached = model.__dict__.get("_fidkit_inference_copy")
     if cached is None or cached[0] != fingerprint:
         model.__dict__.pop("_fidkit_inference_copy", None)  # not deep-copied into the new one
-        fast = fold_batchnorm(model).to(memory_format=torch.channels_last)
+        fast = fold_batchnorm(model).to(memory_format=fast_layout(device))
         model.__dict__["_fidkit_inference_copy"] = (fingerprint, fast)
         cached = model.__dict__["_fidkit_inference_copy"]
     fast = cached[1]
@@ -132,11 +144,16 @@ def fp32_numerics():
 
 class _Prepared:
     """Decodes and preprocesses one item (in a decoding thread); errors come back as values, not
-    exceptions, so the main thread can raise them as one clean line (or skip them)."""
+    exceptions, so the main thread can raise them as one clean line (or skip them).
 
-    def __init__(self, source: Source, convention: Convention) -> None:
+    With ``raw`` the item comes back decoded but not resized: a C-contiguous (H, W, 3) array,
+    uint8 as decoded (other dtypes as float32), for :func:`_device_batch` to stack, send to the
+    card and resize there in one batched call."""
+
+    def __init__(self, source: Source, convention: Convention, raw: bool = False) -> None:
         self.source = source
         self.convention = convention
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.source)
@@ -144,6 +161,11 @@ class _Prepared:
     def __getitem__(self, index: int):
         try:
             image = self.source.load(index)
+            if self.raw:
+                image = np.asarray(image)
+                if image.dtype != np.uint8:
+                    image = image.astype(np.float32)  # what torch's .float() gives, exactly
+                return index, np.ascontiguousarray(image), None
             return index, self.convention.prepare_image(image), None
         except FidkitError as exc:
             return index, None, str(exc)
@@ -156,8 +178,43 @@ def _collate(items):
     indices = [i for i, x, _ in items if x is not None]
     tensors = [x for _, x, _ in items if x is not None]
     errors = [(i, e) for i, x, e in items if x is None]
-    batch = torch.stack(tensors) if tensors else None
+    if not tensors:
+        batch = None
+    elif isinstance(tensors[0], np.ndarray):
+        batch = tensors  # raw images: _device_batch stacks them by size
+    else:
+        batch = torch.stack(tensors)
     return indices, batch, errors
+
+
+def _resize_on_device(device: torch.device, convention: Convention) -> bool:
+    return device.type == "cuda" and convention.batched_on_device
+
+
+def _device_batch(images: list[np.ndarray], convention: Convention, device: torch.device,
+                  layout: torch.memory_format) -> torch.Tensor:
+    """Decoded (H, W, 3) arrays -> the network's (N, 3, 299, 299) float32 input on ``device``, in
+    order. Images of one size travel together through pinned memory as uint8 (a quarter of the
+    float bytes) and are resized on the card in one call; the convention's arithmetic is the same
+    elementwise float32 operations as on the CPU."""
+    groups: dict[tuple, list[int]] = {}
+    for position, image in enumerate(images):
+        groups.setdefault((image.shape, image.dtype.str), []).append(position)
+    parts = []
+    for positions in groups.values():
+        host = torch.from_numpy(np.stack([images[p] for p in positions]))
+        if device.type == "cuda":
+            host = host.pin_memory()
+        x = host.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float()
+        parts.append((positions, convention.prepare(x)))
+    if len(parts) == 1:
+        out = parts[0][1]
+    else:
+        first = parts[0][1]
+        out = torch.empty((len(images),) + tuple(first.shape[1:]), dtype=first.dtype, device=device)
+        for positions, x in parts:
+            out[torch.tensor(positions, device=device)] = x
+    return out.contiguous(memory_format=layout)
 
 
 def _batches(items: _Prepared, batch_size: int, threads: int) -> Iterator[tuple]:
@@ -221,7 +278,7 @@ def iter_features(
 
     ``workers``: decoding threads (None: :func:`default_workers`; 0 decodes in the caller's
     thread between batches).
-    ``optimized``: run :func:`inference_copy` of ``model`` (folded batch norm, channels-last);
+    ``optimized``: run :func:`inference_copy` of ``model`` (folded batch norm, :func:`fast_layout`);
     False runs ``model`` as it is (the reference path the tests compare against); None follows
     :data:`OPTIMIZED_DEFAULT`.
     Raises :class:`BadImageError` for an unreadable item unless ``skip_bad``; UsageError for a
@@ -237,8 +294,11 @@ def iter_features(
     if optimized is None:
         optimized = OPTIMIZED_DEFAULT
     network = inference_copy(model) if optimized else model
-    layout = torch.channels_last if optimized else torch.contiguous_format
-    loader = _batches(_Prepared(source, convention), batch_size, workers)
+    layout = fast_layout(device) if optimized else torch.contiguous_format
+    # On a card the resize runs there, batched (decoding threads only decode); conventions whose
+    # resize is PIL's own (clean) stay per image in the threads.
+    on_card = _resize_on_device(device, convention)
+    loader = _batches(_Prepared(source, convention, raw=on_card), batch_size, workers)
     pin = device.type == "cuda"
     bar = None
     if progress:
@@ -257,9 +317,12 @@ def iter_features(
                 if batch is not None:
                     if report is not None:
                         report.used.extend(indices)
-                    if pin:
-                        batch = batch.pin_memory()
-                    batch = batch.to(device, non_blocking=True).contiguous(memory_format=layout)
+                    if on_card:
+                        batch = _device_batch(batch, convention, device, layout)
+                    else:
+                        if pin:
+                            batch = batch.pin_memory()
+                        batch = batch.to(device, non_blocking=True).contiguous(memory_format=layout)
                     yield network(batch)
                 if bar is not None:
                     bar.update(len(indices) + len(errors))

@@ -185,7 +185,7 @@ class _InceptionMetrics:
         wanted = self._outputs(real)
         if not wanted:
             return
-        from fidkit.features import fp32_numerics, inference_copy
+        from fidkit.features import fast_layout, fp32_numerics, inference_copy
 
         x = self._network_scale(images)
         if x.shape[0] == 0:
@@ -195,7 +195,7 @@ class _InceptionMetrics:
             self._model.outputs = wanted
             if self._fast:
                 network = inference_copy(self._model)
-                out = network(self._conv.prepare(x).contiguous(memory_format=torch.channels_last))
+                out = network(self._conv.prepare(x).contiguous(memory_format=fast_layout(x.device)))
             else:
                 out = self._model(self._conv.prepare(x))
         if self._tap in out:

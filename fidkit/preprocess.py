@@ -36,6 +36,9 @@ class Convention:
     reproduces: str
     description: str
     prepare: Callable[[torch.Tensor], torch.Tensor]
+    #: Whether ``prepare`` is torch arithmetic that can run on a CUDA card for a whole batch
+    #: (the feature pipeline then sends decoded uint8 images there); False for PIL's resize.
+    batched_on_device: bool = True
 
     def prepare_image(self, image: np.ndarray) -> torch.Tensor:
         """One uint8 (H, W, 3) image -> float32 (3, 299, 299) network input (CPU)."""
@@ -52,30 +55,46 @@ def resize_tf1_bilinear(x: torch.Tensor, size: tuple[int, int] = (INPUT_SIZE, IN
     the floor and the next pixel (clamped at the edge) and interpolates in float32:
     ``top = tl + (tr - tl) * dx``, ``out = top + (bottom - top) * dy``. torch's bilinear samples at
     ``(i + 0.5) * in / out - 0.5`` instead, which shifts the image by up to half a pixel.
-    x: float (N, C, H, W); returns float (N, C, size[0], size[1]).
+    x: float (N, C, H, W) on any device; returns float (N, C, size[0], size[1]).
+
+    The horizontal step is done once per input row and the rows are gathered afterwards: each
+    output value is the same float32 operations on the same operands as TF1's per-pixel order
+    (bit-identical to torch-fidelity's port, tests/test_conventions.py), at a third of the work.
     """
     n, c, h, w = x.shape
     out_h, out_w = size
     if (h, w) == (out_h, out_w):
         return x
+    y0, y1, dy = _tf1_axis(h, out_h, x.device, x.dtype)
+    x0, x1, dx = _tf1_axis(w, out_w, x.device, x.dtype)
+    rows = x.reshape(n * c, h, w)
+    left = torch.gather(rows, 2, x0.view(1, 1, out_w).expand(n * c, h, out_w))
+    across = torch.gather(rows, 2, x1.view(1, 1, out_w).expand(n * c, h, out_w))
+    across.sub_(left).mul_(dx.view(1, 1, out_w)).add_(left)  # tl + (tr - tl) * dx, every row
+    top = across.index_select(1, y0)
+    bottom = across.index_select(1, y1)
+    bottom.sub_(top).mul_(dy.view(1, out_h, 1)).add_(top)  # top + (bottom - top) * dy
+    return bottom.view(n, c, out_h, out_w)
 
-    def axis(in_size: int, out_size: int):
+
+_TF1_AXES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _tf1_axis(in_size: int, out_size: int, device: torch.device, dtype: torch.dtype):
+    """(lower index, upper index, fraction) of TF1's sample positions along one axis (cached)."""
+    key = (in_size, out_size, str(device), dtype)
+    cached = _TF1_AXES.get(key)
+    if cached is None:
         scale = torch.tensor(in_size / out_size, dtype=torch.float32)
-        coord = torch.arange(out_size, dtype=torch.float32, device=x.device) * scale.to(x.device)
+        coord = torch.arange(out_size, dtype=torch.float32) * scale
         lo = coord.floor().long().clamp_max(in_size - 1)
         hi = (lo + 1).clamp_max(in_size - 1)
-        return lo, hi, (coord - lo.float()).to(x.dtype)
-
-    y0, y1, dy = axis(h, out_h)
-    x0, x1, dx = axis(w, out_w)
-    rows0 = x.index_select(2, y0)
-    rows1 = x.index_select(2, y1)
-    dx = dx.view(1, 1, 1, out_w)
-    top = rows0.index_select(3, x0)
-    top = top + (rows0.index_select(3, x1) - top) * dx
-    bottom = rows1.index_select(3, x0)
-    bottom = bottom + (rows1.index_select(3, x1) - bottom) * dx
-    return top + (bottom - top) * dy.view(1, 1, out_h, 1)
+        frac = (coord - lo.float()).to(dtype)
+        cached = (lo.to(device), hi.to(device), frac.to(device))
+        if len(_TF1_AXES) > 64:
+            _TF1_AXES.clear()
+        _TF1_AXES[key] = cached
+    return cached
 
 
 def _prepare_tf1(x: torch.Tensor) -> torch.Tensor:
@@ -156,6 +175,7 @@ register(Convention(
     description="PIL bicubic resize per channel in float32, clip to 0..255 (no re-quantisation), "
                 "then (x - 128) / 128",
     prepare=_prepare_clean,
+    batched_on_device=False,
 ))
 register(Convention(
     name="antialias",

@@ -1,4 +1,5 @@
-"""The `clean` and `antialias` conventions against the tools they reproduce (issue 4).
+"""The `clean` and `antialias` conventions against the tools they reproduce (issue 4), and the
+`tf1` resize against torch-fidelity's port of TF1's.
 
 `clean` is checked against clean-fid 0.1.35's own resizer and its whole `compute_fid` pipeline
 (its custom feature-extractor hook, given pytorch-fid's Inception with the test weights);
@@ -21,6 +22,18 @@ def _images(size, seed, count=3):
     from conftest import make_images
 
     return make_images(count, size, seed=seed)  # uint8 (N, H, W, 3)
+
+
+@pytest.mark.parametrize("size", SIZES + [(1024, 1024), (300, 299), (7, 1000)])
+def test_tf1_resize_is_bit_identical_to_torch_fidelity(size):
+    """TTUR's TF1 bilinear resize as torch-fidelity ports it: fidkit reorders the work (rows
+    interpolated once, then gathered) but every output is the same float32 operations."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    x = torch.from_numpy(_images(size, seed=8, count=2)).permute(0, 3, 1, 2).float()
+    ours = get_convention("tf1").prepare(x)
+    theirs = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+    assert torch.equal(ours, (theirs - 128) / 128)
 
 
 @pytest.mark.parametrize("size", SIZES)

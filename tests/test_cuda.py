@@ -63,12 +63,12 @@ def tf32_on():
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_cuda_features_are_fp32_even_when_tf32_is_on(test_weights, float64_truth, tf32_on, fast):
-    from fidkit.features import fp32_numerics, inference_copy, load_model
+    from fidkit.features import fast_layout, fp32_numerics, inference_copy, load_model
 
     x, truth, cpu_err = float64_truth
     model, _ = load_model(str(test_weights), outputs=TAPS, device="cuda", progress=False)
     network = inference_copy(model) if fast else model
-    xc = x.cuda().contiguous(memory_format=torch.channels_last if fast else torch.contiguous_format)
+    xc = x.cuda().contiguous(memory_format=fast_layout("cuda") if fast else torch.contiguous_format)
     with torch.no_grad():
         raw = network(xc)  # TF32 as the caller left it: on
         with fp32_numerics():
@@ -106,9 +106,17 @@ def test_cuda_metric_matches_cpu_and_keeps_state_on_card(test_weights, batch, tf
         assert abs(a - b) <= 1e-3 * max(abs(b), 1e-3), f"{key}: cuda {a} vs cpu {b}"
 
 
-def test_cuda_folder_statistics_match_cpu(test_weights, tmp_path, tf32_on):
-    write_folder(tmp_path / "a", make_images(12, (96, 80), seed=21))
-    kwargs = dict(dims=2048, weights=str(test_weights), cache=False, progress=False, workers=2)
+@pytest.mark.parametrize("convention", ["tf1", "clean"])
+def test_cuda_folder_statistics_match_cpu(test_weights, tmp_path, tf32_on, convention):
+    """Mixed sizes in one batch: tf1 is resized on the card by size group, clean per image by PIL
+    in the threads; both give the CPU's statistics."""
+    from PIL import Image
+
+    write_folder(tmp_path / "a", make_images(9, (96, 80), seed=21))
+    for k, img in enumerate(make_images(3, (64, 64), seed=22)):
+        Image.fromarray(img).save(tmp_path / "a" / f"small_{k}.png")
+    kwargs = dict(dims=2048, weights=str(test_weights), cache=False, progress=False, workers=2,
+                  convention=convention)
     on_card = fidkit.compute_statistics(tmp_path / "a", device="cuda", batch_size=5, **kwargs)
     on_cpu = fidkit.compute_statistics(tmp_path / "a", device="cpu", **kwargs)
     assert on_card.n == on_cpu.n == 12

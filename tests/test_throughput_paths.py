@@ -164,3 +164,50 @@ def test_decoding_threads_stop_when_the_consumer_stops(test_weights, tmp_path):
     gen.close()
     alive = [t.name for t in threading.enumerate() if t.name.startswith("fidkit-decode")]
     assert alive == []
+
+
+@pytest.mark.parametrize("name", ["tf1", "pytorch-fid", "antialias"])
+def test_batched_device_preprocessing_equals_per_image(name):
+    """What a CUDA run does (decoded images stacked by size, resized in one call, put back in
+    order) gives exactly the per-image CPU preprocessing; run here on the CPU, where the
+    arithmetic is the same elementwise float32 operations (tests/test_cuda.py runs it on a card)."""
+    from fidkit.features import _device_batch
+    from fidkit.preprocess import get_convention
+
+    convention = get_convention(name)
+    sizes = [(64, 48), (299, 299), (64, 48), (120, 90), (64, 48)]
+    images = [make_images(1, size, seed=k)[0] for k, size in enumerate(sizes)]
+    images[3] = images[3].astype(np.float64) + 0.25  # a non-uint8 array, as the thread gives it
+    raw = [im if im.dtype == np.uint8 else im.astype(np.float32) for im in images]
+    batched = _device_batch(raw, convention, torch.device("cpu"), torch.channels_last)
+    one_by_one = torch.stack([convention.prepare_image(im) for im in images])
+    assert batched.shape == (5, 3, 299, 299) and batched.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batched, one_by_one)
+
+
+def test_decode_only_threads_give_the_same_statistics_and_skip_bad_files(test_weights, tmp_path,
+                                                                         monkeypatch):
+    """The CUDA pipeline's shape (threads only decode; resize batched after) forced on the CPU:
+    same statistics as the per-image path, in order, with a broken file skipped or reported."""
+    import fidkit
+    import fidkit.features as features
+    from fidkit.errors import BadImageError
+    from PIL import Image
+
+    folder = write_folder(tmp_path / "a", make_images(7, (64, 48), seed=31))
+    for k, img in enumerate(make_images(3, (40, 40), seed=32)):
+        Image.fromarray(img).save(folder / f"img_{k:05d}_b.png")
+    (folder / "img_00003_x.png").write_bytes(b"not a png")
+    kwargs = dict(dims=64, weights=str(test_weights), device="cpu", cache=False, progress=False,
+                  workers=2, batch_size=4, skip_bad=True, keep_features=True)
+    threads = fidkit.compute_statistics(folder, **kwargs)
+    calls = []
+    original = features._device_batch
+    monkeypatch.setattr(features, "_resize_on_device", lambda device, convention: True)
+    monkeypatch.setattr(features, "_device_batch", lambda *a: calls.append(len(a[0])) or original(*a))
+    batched = fidkit.compute_statistics(folder, **kwargs)
+    assert sum(calls) == 10 and max(calls) <= 4  # every image went through the batched resize
+    assert batched.n == threads.n == 10
+    assert np.array_equal(batched.features, threads.features)
+    with pytest.raises(BadImageError, match="img_00003_x.png"):
+        fidkit.compute_statistics(folder, **dict(kwargs, skip_bad=False))
