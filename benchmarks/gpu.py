@@ -13,7 +13,8 @@ One run, one card, the same random test weights for every tool (``fidkit weights
 3. a folder of PNGs (256x256, written here in parallel): ``fidkit`` vs ``pytorch-fid`` vs
    ``torch-fidelity`` end to end on the card, each in its own process with its own default
    workers (``benchmarks/throughput.py``'s child runs with ``--device cuda``), the peers also with
-   TF32 off, plus fidkit with another decoding-thread count.
+   TF32 off, and fidkit also decoding in threads instead of processes (``--worker-sweep`` adds
+   other worker counts; ``FIDKIT_BENCH_LAYOUTS=1`` adds the folded network in channels-last to 2).
 
 The card's plain fp32 matmul rate (TF32 off) is measured in the same run; fidkit's share of it
 counts 11.4 GFLOP per image.
@@ -85,7 +86,7 @@ def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
 
 def numerics(weights: str) -> dict:
     """Largest difference from the float64 network, relative to the largest feature, per tap."""
-    from fidkit.features import fp32_numerics, inference_copy, load_model
+    from fidkit.features import fast_layout, fp32_numerics, inference_copy, load_model
     from fidkit.preprocess import get_convention
     from fidkit.weights import synthetic_images
 
@@ -185,8 +186,9 @@ def in_memory(weights: str, batches: list[int], images: int) -> list[dict]:
         row: dict = {"batch": batch_size}
         metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE)
         row["fidkit"] = _timed(metric.update, batch, images)
-        with _layout(metric._model, torch.channels_last):
-            row["fidkit, folded channels-last"] = _timed(metric.update, batch, images)
+        if os.environ.get("FIDKIT_BENCH_LAYOUTS"):
+            with _layout(metric._model, torch.channels_last):
+                row["fidkit, folded channels-last"] = _timed(metric.update, batch, images)
         metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE, fast=False)
         row["fidkit --exact"] = _timed(metric.update, batch, images)
         for tf32 in (cudnn_default, False) if cudnn_default else (False,):
@@ -253,6 +255,13 @@ def folder_runs(weights: str, work: Path, count: int, tools: list[str], sweep: l
             finally:
                 del os.environ["FIDKIT_BENCH_NO_TF32"]
             rows.append(dict(row, tool=f"{tool} (TF32 off)"))
+    if "fidkit" in tools and DEVICE.startswith("cuda"):
+        os.environ["FIDKIT_BENCH_THREADS"] = "1"
+        try:
+            row = throughput.run_tool("fidkit", str(folder), weights, work, device=DEVICE)
+        finally:
+            del os.environ["FIDKIT_BENCH_THREADS"]
+        rows.append(dict(row, tool="fidkit, decoding threads"))
     for workers in sweep:
         row = throughput.run_tool("fidkit", str(folder), weights, work, workers=workers, device=DEVICE)
         rows.append(dict(row, tool=f"fidkit workers={workers}"))
@@ -272,7 +281,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000, help="images timed per in-memory case")
     p.add_argument("--folder-images", type=int, default=5000, help="PNGs in the folder run")
     p.add_argument("--tools", default="fidkit,pytorch-fid,torch-fidelity")
-    p.add_argument("--worker-sweep", default="16", help="also run fidkit with these thread counts")
+    p.add_argument("--worker-sweep", default="", help="also run fidkit with these worker counts")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: numerics,memory,folder")
     p.add_argument("--weights", default=None)
     p.add_argument("--workdir", default=None)

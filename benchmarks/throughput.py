@@ -73,6 +73,8 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
     # fidkit's defaults (the folded channels-last network); FIDKIT_BENCH_PLAIN=1 runs --exact.
     if os.environ.get("FIDKIT_BENCH_PLAIN", "") not in ("", "0"):
         fidkit.features.OPTIMIZED_DEFAULT = False
+    if os.environ.get("FIDKIT_BENCH_THREADS", "") not in ("", "0"):  # CUDA: threads, not processes
+        fidkit.features._DECODE_PROCESSES_ON_CARD = False
     batch = int(os.environ.get("FIDKIT_BENCH_BATCH", "0")) or None
     source = GeneratedSource(int(folder[len("generated:"):])) if folder.startswith("generated:") else folder
     model, _ = load_model(weights, device=device, progress=False)

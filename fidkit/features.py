@@ -115,15 +115,22 @@ def inference_copy(model: FIDInceptionV3) -> FIDInceptionV3:
     bumps their version counters) or it moved device, so callers may keep using and reloading
     the plain model. The copy's ``outputs`` follow the plain model's at every call.
     """
-    device = next(model.parameters()).device
-    fingerprint = (str(device),) + tuple(t._version for t in model.state_dict().values())
+    # Called once per batch, so the check must cost microseconds, not a state_dict() walk (which
+    # was ~15 % of a batch of 50 on an H200): the tensors are listed once per copy and their
+    # version counters compared; ``model.to`` swaps ``.data`` without bumping them, so the first
+    # parameter's device and dtype are compared too.
+    first = next(model.parameters())
     cached = model.__dict__.get("_fidkit_inference_copy")
-    if cached is None or cached[0] != fingerprint:
+    if cached is not None:
+        where, tensors, versions, fast = cached
+        if where != (first.device, first.dtype) or versions != [t._version for t in tensors]:
+            cached = None
+    if cached is None:
         model.__dict__.pop("_fidkit_inference_copy", None)  # not deep-copied into the new one
-        fast = fold_batchnorm(model).to(memory_format=fast_layout(device))
-        model.__dict__["_fidkit_inference_copy"] = (fingerprint, fast)
-        cached = model.__dict__["_fidkit_inference_copy"]
-    fast = cached[1]
+        fast = fold_batchnorm(model).to(memory_format=fast_layout(first.device))
+        tensors = [*model.parameters(), *model.buffers()]
+        model.__dict__["_fidkit_inference_copy"] = (
+            (first.device, first.dtype), tensors, [t._version for t in tensors], fast)
     fast.outputs = model.outputs
     return fast
 
@@ -175,13 +182,19 @@ class _Prepared:
 
 
 def _collate(items):
+    """(indices, batch, errors) of one batch. ``batch`` is a stacked float tensor, or for raw
+    items a list of (positions, stacked (k, H, W, 3) tensor) groups of equal-size images."""
     indices = [i for i, x, _ in items if x is not None]
     tensors = [x for _, x, _ in items if x is not None]
     errors = [(i, e) for i, x, e in items if x is None]
     if not tensors:
         batch = None
     elif isinstance(tensors[0], np.ndarray):
-        batch = tensors  # raw images: _device_batch stacks them by size
+        groups: dict[tuple, list[int]] = {}
+        for position, image in enumerate(tensors):
+            groups.setdefault((image.shape, image.dtype.str), []).append(position)
+        batch = [(positions, torch.from_numpy(np.stack([tensors[p] for p in positions])))
+                 for positions in groups.values()]
     else:
         batch = torch.stack(tensors)
     return indices, batch, errors
@@ -191,19 +204,15 @@ def _resize_on_device(device: torch.device, convention: Convention) -> bool:
     return device.type == "cuda" and convention.batched_on_device
 
 
-def _device_batch(images: list[np.ndarray], convention: Convention, device: torch.device,
-                  layout: torch.memory_format) -> torch.Tensor:
-    """Decoded (H, W, 3) arrays -> the network's (N, 3, 299, 299) float32 input on ``device``, in
-    order. Images of one size travel together through pinned memory as uint8 (a quarter of the
-    float bytes) and are resized on the card in one call; the convention's arithmetic is the same
-    elementwise float32 operations as on the CPU."""
-    groups: dict[tuple, list[int]] = {}
-    for position, image in enumerate(images):
-        groups.setdefault((image.shape, image.dtype.str), []).append(position)
+def _device_batch(groups: list[tuple[list[int], torch.Tensor]], convention: Convention,
+                  device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    """Decoded images, stacked by size as :func:`_collate` groups them -> the network's
+    (N, 3, 299, 299) float32 input on ``device``, in order. They travel as uint8 through pinned
+    memory (a quarter of the float bytes) and each size is resized in one call on the card; the
+    convention's arithmetic is the same elementwise float32 operations as on the CPU."""
     parts = []
-    for positions in groups.values():
-        host = torch.from_numpy(np.stack([images[p] for p in positions]))
-        if device.type == "cuda":
+    for positions, host in groups:
+        if device.type == "cuda" and not host.is_pinned():
             host = host.pin_memory()
         x = host.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous().float()
         parts.append((positions, convention.prepare(x)))
@@ -211,10 +220,33 @@ def _device_batch(images: list[np.ndarray], convention: Convention, device: torc
         out = parts[0][1]
     else:
         first = parts[0][1]
-        out = torch.empty((len(images),) + tuple(first.shape[1:]), dtype=first.dtype, device=device)
+        count = sum(len(positions) for positions, _ in parts)
+        out = torch.empty((count,) + tuple(first.shape[1:]), dtype=first.dtype, device=device)
         for positions, x in parts:
             out[torch.tensor(positions, device=device)] = x
     return out.contiguous(memory_format=layout)
+
+
+#: Whether a CUDA run decodes in worker processes (:func:`_process_batches`) rather than threads.
+_DECODE_PROCESSES_ON_CARD = True
+
+
+def _process_batches(items: _Prepared, batch_size: int, workers: int) -> Iterator[tuple]:
+    """Like :func:`_batches`, decoding in ``workers`` processes (torch's DataLoader, batches
+    handed over in shared memory and pinned by its pin thread). Used on CUDA, where the host
+    must decode as fast as the card computes: PIL's decoders take the GIL back many times per
+    image, so decoding threads were held to ~600 PNGs/s on a 16-core host (benchmarks/gpu.py),
+    whereas the CPU path is bound by the network and keeps the threads' smaller memory."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+                        prefetch_factor=4)
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        del iterator  # stops the worker processes
 
 
 def _batches(items: _Prepared, batch_size: int, threads: int) -> Iterator[tuple]:
@@ -298,7 +330,11 @@ def iter_features(
     # On a card the resize runs there, batched (decoding threads only decode); conventions whose
     # resize is PIL's own (clean) stay per image in the threads.
     on_card = _resize_on_device(device, convention)
-    loader = _batches(_Prepared(source, convention, raw=on_card), batch_size, workers)
+    items = _Prepared(source, convention, raw=on_card)
+    if on_card and workers > 0 and _DECODE_PROCESSES_ON_CARD:
+        loader = _process_batches(items, batch_size, workers)
+    else:
+        loader = _batches(items, batch_size, workers)
     pin = device.type == "cuda"
     bar = None
     if progress:

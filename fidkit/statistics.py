@@ -80,10 +80,48 @@ class StatisticsAccumulator:
     """
 
     def __init__(self, dims: int | None = None) -> None:
-        self.n = 0
+        self._n = 0
         self.mean: Any = None  # (d,) float64
         self.m2: Any = None  # (d, d) float64, sum of centred outer products
         self.dims = dims
+        # A CUDA batch waits here, its NaN check not yet read, until the next update or any read
+        # of the state: reading the check at once would stall the host until the card finished
+        # that batch, so it could not prepare the next one meanwhile.
+        self._pending: tuple | None = None
+
+    @property
+    def n(self) -> int:
+        """Samples folded in (after checking any batch still waiting on the card)."""
+        self._flush()
+        return self._n
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._n = int(value)
+
+    def __getstate__(self) -> dict:
+        self._flush()
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        if "n" in state:  # pickled before the deferred check existed
+            state["_n"] = state.pop("n")
+        state.setdefault("_pending", None)
+        self.__dict__.update(state)
+
+    def _flush(self) -> None:
+        """Fold in the waiting CUDA batch, or raise if it held NaN/inf (it is then dropped)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        nb, mean_b, m2_b, finite = pending
+        if not bool(finite):
+            raise InputError(
+                f"a batch of {nb} features holds NaN or inf (after {self._n} good ones; on CUDA "
+                "this is reported at the next update or read, and that batch was left out); "
+                "check the images and the model in float32"
+            )
+        self._combine(nb, mean_b, m2_b)
 
     @classmethod
     def from_statistics(cls, stats: Statistics) -> "StatisticsAccumulator":
@@ -114,6 +152,18 @@ class StatisticsAccumulator:
             return
         if self.dims is not None and int(batch.shape[1]) != self.dims:
             raise UsageError(f"features have {batch.shape[1]} dims, expected {self.dims}")
+        if _on_cuda(batch):
+            self.dims = int(batch.shape[1])
+            mean_b = batch.mean(0)
+            centred = batch - mean_b
+            import torch
+
+            waiting = (nb, mean_b, centred.T @ centred, torch.isfinite(batch).all())
+            try:
+                self._flush()  # the previous batch: finished on the card by now
+            finally:
+                self._pending = waiting
+            return
         if not _all_finite(batch):
             raise InputError(
                 f"a batch of {nb} features holds NaN or inf (after {self.n} good ones); "
@@ -127,6 +177,7 @@ class StatisticsAccumulator:
 
     def merge(self, other: "StatisticsAccumulator") -> None:
         """Fold another accumulator (e.g. another shard or rank) into this one."""
+        self._flush()
         if other.n == 0:
             return
         if self.dims is not None and other.dims != self.dims:
@@ -138,15 +189,15 @@ class StatisticsAccumulator:
         self._combine(other.n, mean_b, m2_b)
 
     def _combine(self, nb: int, mean_b: Any, m2_b: Any) -> None:
-        if self.n == 0:
-            self.n, self.mean, self.m2 = nb, mean_b, m2_b
+        if self._n == 0:
+            self._n, self.mean, self.m2 = nb, mean_b, m2_b
             return
-        na = self.n
+        na = self._n
         n = na + nb
         delta = mean_b - self.mean
         self.mean = self.mean + delta * (nb / n)
         self.m2 = self.m2 + m2_b + _outer(delta) * (na * nb / n)
-        self.n = n
+        self._n = n
 
     def state(self) -> tuple[int, Any, Any]:
         """``(n, mean (d,), m2 (d, d))``: the whole state, float64, numpy or torch on its device.
@@ -155,7 +206,8 @@ class StatisticsAccumulator:
         covariance. Meant for syncing ranks: gather each rank's state and fold them with
         :meth:`merge` of :meth:`from_state` objects (Chan's update is exact in any order up to
         rounding; summing raw moments instead would lose digits to the mean)."""
-        return self.n, self.mean, self.m2
+        self._flush()
+        return self._n, self.mean, self.m2
 
     @classmethod
     def from_state(cls, n: int, mean: Any, m2: Any) -> "StatisticsAccumulator":
@@ -186,6 +238,10 @@ def _as_float64(x: ArrayLike) -> Any:
     if isinstance(x, torch.Tensor):
         return x.detach().to(torch.float64)
     return np.asarray(x, dtype=np.float64)
+
+
+def _on_cuda(x: Any) -> bool:
+    return not isinstance(x, np.ndarray) and getattr(x, "is_cuda", False)
 
 
 def _all_finite(x: Any) -> bool:

@@ -183,3 +183,24 @@ def test_nccl_process_group_merges_like_one_process(test_weights, tmp_path):
     fid_dist, kid_dist, fid_alone, kid_alone = pickle.loads(out.read_bytes())
     assert fid_dist == pytest.approx(fid_alone, rel=1e-9)
     assert kid_dist == pytest.approx(kid_alone, rel=1e-6, abs=1e-9)
+
+
+def test_cuda_nan_batch_is_reported_one_step_late_and_left_out():
+    """On the card the NaN check is read at the next update (the host never waits for the card);
+    the bad batch is left out and the others give the float64 statistics of the good rows."""
+    from fidkit.errors import InputError
+    from fidkit.statistics import StatisticsAccumulator
+
+    rng = np.random.default_rng(9)
+    good1, good2 = rng.normal(size=(5, 6)), rng.normal(size=(4, 6))
+    bad = rng.normal(size=(3, 6))
+    bad[2, 1] = np.inf
+    acc = StatisticsAccumulator()
+    acc.update(torch.from_numpy(good1).cuda())
+    acc.update(torch.from_numpy(bad).cuda())
+    with pytest.raises(InputError, match="after 5 good ones"):
+        acc.update(torch.from_numpy(good2).cuda())
+    stats = acc.statistics()
+    kept = np.concatenate([good1, good2])
+    assert stats.n == 9
+    assert np.allclose(stats.sigma, np.cov(kept, rowvar=False), rtol=1e-12, atol=1e-14)

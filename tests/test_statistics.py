@@ -93,3 +93,35 @@ def test_bad_batches_are_refused():
     acc.update(np.ones((1, 4)))
     with pytest.raises(UsageError, match="at least 2"):
         acc.statistics()
+
+
+def test_deferred_check_of_card_batches_drops_only_the_bad_one(monkeypatch):
+    """The CUDA path (NaN check read one batch later, so the host never waits for the card) run
+    on CPU tensors: a bad batch is reported at the next update, left out, and the rest is exact."""
+    import pickle
+
+    import torch
+
+    import fidkit.statistics as statistics
+
+    monkeypatch.setattr(statistics, "_on_cuda", lambda x: isinstance(x, torch.Tensor))
+    rng = np.random.default_rng(4)
+    good1, good2, good3 = (rng.normal(size=(k, 5)) for k in (4, 3, 6))
+    bad = rng.normal(size=(2, 5))
+    bad[1, 3] = np.nan
+    acc = StatisticsAccumulator()
+    acc.update(torch.from_numpy(good1))
+    acc.update(torch.from_numpy(bad))  # not read yet
+    with pytest.raises(InputError, match="after 4 good ones"):
+        acc.update(torch.from_numpy(good2))
+    acc.update(torch.from_numpy(good3))
+    assert acc.n == 13  # reading n folds in the waiting batch
+    kept = np.concatenate([good1, good2, good3])
+    stats = acc.statistics()
+    assert np.allclose(stats.mu, kept.mean(0), rtol=1e-13, atol=1e-14)
+    assert np.allclose(stats.sigma, np.cov(kept, rowvar=False), rtol=1e-12, atol=1e-14)
+    acc.update(torch.from_numpy(bad))
+    with pytest.raises(InputError):
+        pickle.dumps(acc)  # pickling reads the check too: no NaN state is ever saved
+    restored = pickle.loads(pickle.dumps(acc))
+    assert restored.n == 13 and restored._pending is None

@@ -92,7 +92,15 @@ def test_inference_copy_follows_reloaded_weights(model, test_weights):
     first = inference_copy(model)
     assert inference_copy(model) is first  # memoised
     model.load_weights(load_state_dict(resolve_weights(str(test_weights))))
-    assert inference_copy(model) is not first  # weights written in place: rebuilt
+    second = inference_copy(model)
+    assert second is not first  # weights written in place: rebuilt
+    model.double()  # .to() swaps .data without bumping version counters
+    try:
+        third = inference_copy(model)
+        assert third is not second  # rebuilt for the new dtype (or device)
+    finally:
+        model.float()
+    assert inference_copy(model) is not third
 
 
 def test_folder_fast_path_equals_plain_path_and_workers_agree(model, tmp_path):
@@ -171,15 +179,18 @@ def test_batched_device_preprocessing_equals_per_image(name):
     """What a CUDA run does (decoded images stacked by size, resized in one call, put back in
     order) gives exactly the per-image CPU preprocessing; run here on the CPU, where the
     arithmetic is the same elementwise float32 operations (tests/test_cuda.py runs it on a card)."""
-    from fidkit.features import _device_batch
+    from fidkit.features import _collate, _device_batch
     from fidkit.preprocess import get_convention
 
     convention = get_convention(name)
     sizes = [(64, 48), (299, 299), (64, 48), (120, 90), (64, 48)]
     images = [make_images(1, size, seed=k)[0] for k, size in enumerate(sizes)]
     images[3] = images[3].astype(np.float64) + 0.25  # a non-uint8 array, as the thread gives it
-    raw = [im if im.dtype == np.uint8 else im.astype(np.float32) for im in images]
-    batched = _device_batch(raw, convention, torch.device("cpu"), torch.channels_last)
+    raw = [(k, im if im.dtype == np.uint8 else im.astype(np.float32), None)
+           for k, im in enumerate(images)]
+    _, groups, _ = _collate(raw)
+    assert sorted(len(positions) for positions, _ in groups) == [1, 1, 3]
+    batched = _device_batch(groups, convention, torch.device("cpu"), torch.channels_last)
     one_by_one = torch.stack([convention.prepare_image(im) for im in images])
     assert batched.shape == (5, 3, 299, 299) and batched.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(batched, one_by_one)
@@ -204,10 +215,17 @@ def test_decode_only_threads_give_the_same_statistics_and_skip_bad_files(test_we
     calls = []
     original = features._device_batch
     monkeypatch.setattr(features, "_resize_on_device", lambda device, convention: True)
-    monkeypatch.setattr(features, "_device_batch", lambda *a: calls.append(len(a[0])) or original(*a))
+    monkeypatch.setattr(features, "_device_batch",
+                        lambda *a: calls.append(sum(len(p) for p, _ in a[0])) or original(*a))
     batched = fidkit.compute_statistics(folder, **kwargs)
     assert sum(calls) == 10 and max(calls) <= 4  # every image went through the batched resize
     assert batched.n == threads.n == 10
     assert np.array_equal(batched.features, threads.features)
+    # and with decoding in worker processes, as a CUDA run does
+    calls.clear()
+    monkeypatch.setattr(features, "_batches", lambda items, size, workers: features._process_batches(
+        items, size, workers))
+    in_processes = fidkit.compute_statistics(folder, **kwargs)
+    assert sum(calls) == 10 and np.array_equal(in_processes.features, threads.features)
     with pytest.raises(BadImageError, match="img_00003_x.png"):
         fidkit.compute_statistics(folder, **dict(kwargs, skip_bad=False))
