@@ -287,8 +287,9 @@ class ExtractionReport:
 
 
 def default_workers() -> int:
-    """Decoding threads: half the CPUs, at least 1, at most 8 (on a 2-core machine one thread
-    beside the network's two intra-op threads; ``benchmarks/throughput.py --worker-sweep``)."""
+    """Decoding workers (threads on the CPU, processes on CUDA): half the CPUs, at least 1, at
+    most 8 (on a 2-core machine one thread beside the network's two intra-op threads;
+    ``benchmarks/throughput.py --worker-sweep``)."""
     cpus = os.cpu_count() or 1
     return max(1, min(8, cpus // 2))
 
@@ -308,8 +309,8 @@ def iter_features(
     """Yield the network's outputs batch by batch (dict of (B, D) float32 tensors on the model's
     device), in the source's order.
 
-    ``workers``: decoding threads (None: :func:`default_workers`; 0 decodes in the caller's
-    thread between batches).
+    ``workers``: decoding threads, or on CUDA (resize on the card) decoding processes (None:
+    :func:`default_workers`; 0 decodes in the caller's thread between batches).
     ``optimized``: run :func:`inference_copy` of ``model`` (folded batch norm, :func:`fast_layout`);
     False runs ``model`` as it is (the reference path the tests compare against); None follows
     :data:`OPTIMIZED_DEFAULT`.

@@ -25,7 +25,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_CPU_BATCH_SIZE} on CPU, measured)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--workers", type=_non_negative, default=None, metavar="N",
-                   help="decoding threads (default: half the CPUs, 1 to 8; 0 decodes between batches)")
+                   help="decoding threads, or processes on CUDA (default: half the CPUs, 1 to 8; 0 "
+                        "decodes between batches)")
     g.add_argument("--weights", default=None, metavar="PATH",
                    help="FID Inception weights file (default: $FIDKIT_WEIGHTS, else the cached or "
                         "downloaded canonical file)")
