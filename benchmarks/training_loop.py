@@ -33,7 +33,7 @@ def main() -> int:
     import torch
 
     import fidkit
-    from fidkit.features import fp32_numerics, inference_copy, resolve_device
+    from fidkit.features import fast_layout, fp32_numerics, inference_copy, resolve_device
     from fidkit.preprocess import get_convention
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -86,7 +86,7 @@ def main() -> int:
             model.outputs = (tap,)
             if fast:
                 network = inference_copy(model)
-                network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=torch.channels_last))
+                network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=fast_layout(x.device)))
             else:
                 model(convention.prepare((x + 1) * 127.5))
 

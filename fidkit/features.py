@@ -150,8 +150,8 @@ def fp32_numerics():
 
 
 class _Prepared:
-    """Decodes and preprocesses one item (in a decoding thread); errors come back as values, not
-    exceptions, so the main thread can raise them as one clean line (or skip them).
+    """Decodes and preprocesses one item (in a decoding thread or process); errors come back as
+    values, not exceptions, so the main thread can raise them as one clean line (or skip them).
 
     With ``raw`` the item comes back decoded but not resized: a C-contiguous (H, W, 3) array,
     uint8 as decoded (other dtypes as float32), for :func:`_device_batch` to stack, send to the
@@ -253,9 +253,11 @@ def _batches(items: _Prepared, batch_size: int, threads: int) -> Iterator[tuple]
     """Collated batches in order. With ``threads`` > 0 a pool of that many threads decodes ahead
     (at most the current and the next batch in flight) while the caller runs the network.
 
-    Threads, not processes: the decoders (PIL, torchvision.io) and torch's resize release the
-    GIL, and a thread adds no memory, whereas each forked DataLoader worker carried its own
-    resident copy of torch and the model (+0.5-0.7 GB summed RSS per worker measured here)."""
+    Threads on the CPU path: there the network, not decoding, sets the pace, and a thread adds
+    no memory, whereas each forked DataLoader worker carried its own resident copy of torch and
+    the model (+0.5-0.7 GB summed RSS per worker measured here). PIL's decoders take the GIL
+    back several times per image, which caps threads at ~600 PNGs/s on a 16-core host; the CUDA
+    path, which needs more, decodes in processes (:func:`_process_batches`)."""
     n = len(items)
     if threads == 0:
         for start in range(0, n, batch_size):
