@@ -67,10 +67,11 @@ def environment() -> dict:
 
 
 def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
-    if not DEVICE.startswith("cuda"):
-        size, repeats = 1024, 2
     """The card's fp32 matmul rate with TF32 off (TFLOP/s, the mean of ``repeats`` products)."""
     from fidkit.features import fp32_numerics
+
+    if not DEVICE.startswith("cuda"):
+        size, repeats = 1024, 2
 
     a = torch.randn(size, size, device=DEVICE)
     b = torch.randn(size, size, device=DEVICE)
@@ -108,9 +109,7 @@ def numerics(weights: str) -> dict:
     out["cuda_fast"] = {t: _rel(quick[t], truth[t]) for t in taps}
     out["cuda_fast_vs_plain"] = {t: _rel(quick[t], plain[t]) for t in taps}
     # TF32 on, as a training script may leave it: the raw network, and fidkit's metric after it
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
+    with _tf32(True):
         with torch.no_grad():
             tf32 = model(xc)
         out["cuda_tf32_raw"] = {t: _rel(tf32[t], truth[t]) for t in taps}
@@ -123,8 +122,6 @@ def numerics(weights: str) -> dict:
             np.abs(guarded - truth["2048"].mean(0).numpy()).max() / np.abs(truth["2048"].mean(0).numpy()).max())
         out["tf32_flags_after_metric"] = [torch.backends.cuda.matmul.allow_tf32,
                                           torch.backends.cudnn.allow_tf32]
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     model.outputs = ("2048",)
     return out
 

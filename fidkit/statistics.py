@@ -152,19 +152,8 @@ class StatisticsAccumulator:
             return
         if self.dims is not None and int(batch.shape[1]) != self.dims:
             raise UsageError(f"features have {batch.shape[1]} dims, expected {self.dims}")
-        if _on_cuda(batch):
-            self.dims = int(batch.shape[1])
-            mean_b = batch.mean(0)
-            centred = batch - mean_b
-            import torch
-
-            waiting = (nb, mean_b, centred.T @ centred, torch.isfinite(batch).all())
-            try:
-                self._flush()  # the previous batch: finished on the card by now
-            finally:
-                self._pending = waiting
-            return
-        if not _all_finite(batch):
+        deferred = _on_cuda(batch)
+        if not deferred and not _all_finite(batch):
             raise InputError(
                 f"a batch of {nb} features holds NaN or inf (after {self.n} good ones); "
                 "check the images and the model in float32"
@@ -173,6 +162,15 @@ class StatisticsAccumulator:
         mean_b = batch.mean(0)
         centred = batch - mean_b
         m2_b = centred.T @ centred
+        if deferred:
+            import torch
+
+            waiting = (nb, mean_b, m2_b, torch.isfinite(batch).all())
+            try:
+                self._flush()  # the previous batch: finished on the card by now
+            finally:
+                self._pending = waiting
+            return
         self._combine(nb, mean_b, m2_b)
 
     def merge(self, other: "StatisticsAccumulator") -> None:
