@@ -59,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = bool(os.environ.get("FIDKIT_DEBUG"))
+    if "torch" not in sys.modules:
+        # A fresh process that is about to load torch: keep the heap from fragmenting over long
+        # runs (fidkit.allocator). Skipped when torch is already in (an embedding process).
+        from fidkit.allocator import tune_allocator
+
+        tune_allocator()
     if not debug:
         warnings.showwarning = _one_line_warning
     try:
