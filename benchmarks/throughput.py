@@ -15,7 +15,11 @@ pytorch-fid gets them through its ``load_state_dict_from_url``, torch-fidelity t
 * fidkit's largest difference between its fast path and the plain network on the first images,
   and between its statistics and torch-fidelity's (the same tf1 convention);
 * with ``--scaling``, fidkit's peak RSS against the number of images (a generated source, no
-  files) to show memory does not grow with N.
+  files) to show memory does not grow with N, one process per N; with ``--scaling-trace N``, one
+  process of N images, its RSS sampled against the images loaded so far.
+
+The fidkit child applies the heap setting the fidkit command line applies (fidkit.allocator);
+``FIDKIT_NO_ALLOC_TUNING=1`` turns it off there as in the command line.
 
     python benchmarks/throughput.py --quick                 # smoke test, a few minutes
     python benchmarks/throughput.py --n 1000 --n-other 200 --scaling 1000,4000 --json out.json
@@ -46,11 +50,13 @@ class GeneratedSource:
 
     def __init__(self, count: int) -> None:
         self.count = count
+        self.loaded = 0  # images handed out so far (read by the --scaling-trace sampler)
 
     def __len__(self) -> int:
         return self.count
 
     def load(self, index: int) -> np.ndarray:
+        self.loaded += 1
         return np.random.default_rng(index).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 
     def item_name(self, index: int) -> str:
@@ -78,12 +84,15 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
     batch = int(os.environ.get("FIDKIT_BENCH_BATCH", "0")) or None
     source = GeneratedSource(int(folder[len("generated:"):])) if folder.startswith("generated:") else folder
     model, _ = load_model(weights, device=device, progress=False)
+    trace = _RssTrace(source) if isinstance(source, GeneratedSource) else None
     start = time.perf_counter()
     extra = {"batch_size": batch} if batch else {}
     stats = fidkit.compute_statistics(source, dims=dims, weights=weights, workers=workers,
                                       device=device, cache=False, progress=False, **extra)
     seconds = time.perf_counter() - start
     out = {"n": stats.n, "seconds": seconds, "mu": stats.mu.tolist()}
+    if trace is not None:
+        out["rss_trace"] = trace.stop()
     if not isinstance(source, str):
         return out
     # fast path vs the plain network on the first images (the tests check this too)
@@ -96,6 +105,35 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
                                                        workers=0, optimized=True, progress=False)])
     out["fast_vs_plain_rel"] = float((fast - plain).abs().max() / plain.abs().max())
     return out
+
+
+class _RssTrace:
+    """This process's RSS every 50 ms against the number of images loaded so far, so one run of N
+    images gives the peak over its first 1k, 5k, ... images (fidkit decodes in threads on the
+    CPU, so the process is the whole tree). ``stop`` returns [[images, peak RSS MB so far], ...]
+    at each power-of-ten-ish checkpoint and at the end."""
+
+    def __init__(self, source: "GeneratedSource") -> None:
+        import threading
+
+        self.source, self.samples, self.done = source, [], False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.done:
+            with open("/proc/self/statm") as handle:
+                rss = int(handle.read().split()[1]) * page
+            self.samples.append((self.source.loaded, rss))
+            time.sleep(0.05)
+
+    def stop(self) -> list:
+        self.done = True
+        self.thread.join()
+        marks = sorted({m for m in (1000, 2000, 5000, 10000, 20000, 50000) if m < self.source.count}
+                       | {self.source.count})
+        return [[m, max(r for k, r in self.samples if k <= m) / 2 ** 20] for m in marks]
 
 
 def _run_pytorch_fid(folder: str, weights: str, device: str = "cpu") -> dict:
@@ -128,6 +166,11 @@ def _run_torch_fidelity(folder: str, weights: str, device: str = "cpu") -> dict:
 
 def child_main(args: argparse.Namespace) -> None:
     tool = args.run
+    if tool == "fidkit":
+        # what the fidkit command line does before it loads torch (fidkit.allocator)
+        from fidkit.allocator import tune_allocator
+
+        tune_allocator()
     if os.environ.get("FIDKIT_BENCH_NO_TF32", "") not in ("", "0"):
         import torch  # a peer made to run plain fp32 convolutions, as fidkit always does
 
@@ -242,7 +285,7 @@ def parent_main(args: argparse.Namespace) -> None:
     report["machine"]["matmul_gflops"] = gflops = matmul_gflops()
     print(f"fp32 matmul: {gflops:.1f} GFLOP/s ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
     sets = []
-    for spec in args.sets.split(","):
+    for spec in [s for s in args.sets.split(",") if s]:  # --sets "" runs no sets
         fmt, size = spec[:3], int(spec[3:])
         count = args.n if not sets else args.n_other
         sets.append((spec, make_set(work / f"{spec}-{count}", count, size, fmt)))
@@ -304,6 +347,19 @@ def parent_main(args: argparse.Namespace) -> None:
                   f"{row.get('images_per_s', 0):.1f} img/s peak RSS {row.get('peak_rss_mb', 0):.0f} MB "
                   f"PSS {row.get('peak_pss_mb', 0):.0f} MB",
                   flush=True)
+    if args.scaling_trace:
+        count = args.scaling_trace
+        row = run_tool("fidkit", f"generated:{count}", str(weights), work, dims=args.scaling_dims)
+        row.pop("mu", None)
+        report["scaling_trace"] = dict(row, dims=args.scaling_dims)
+        if "error" in row:
+            print(f"scaling-trace fidkit FAILED {row['error']}")
+        else:
+            first = row["rss_trace"][0][1]
+            marks = ", ".join(f"{m}: {mb:.0f} MB ({mb / first - 1:+.1%})" for m, mb in row["rss_trace"])
+            print(f"scaling-trace fidkit dims={args.scaling_dims} {row['images_per_s']:.2f} img/s; "
+                  f"peak RSS over the first N images: {marks}; whole tree {row['peak_rss_mb']:.0f} MB",
+                  flush=True)
     report["machine"]["load_avg_after"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -323,6 +379,8 @@ def main() -> None:
                    help="also run fidkit with 0, 1 and 2 decoding workers on the last set")
     p.add_argument("--scaling", default=None, metavar="N,N,...",
                    help="fidkit peak RSS for these image counts (generated 64x64 images)")
+    p.add_argument("--scaling-trace", type=int, default=None, metavar="N",
+                   help="one fidkit run of N generated images; peak RSS over its first 1k, 2k, 5k, ...")
     p.add_argument("--scaling-dims", type=int, default=64,
                    help="tap for --scaling (64 stops the network early so large N fit in minutes)")
     p.add_argument("--weights", default=None, help="weights file (default: make-test weights)")

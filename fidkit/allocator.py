@@ -10,8 +10,9 @@ in benchmarks/RESULTS.md). With the threshold pinned at 4 MiB those blocks are m
 instead, and the heap holds only small, short-lived blocks, so the peak no longer depends on how
 many images went through.
 
-The price is a page fault per fresh page of a mapped block. Measured on the 2-core benchmark
-machine it is small next to the Inception forward once the ReLUs run in place (half the blocks).
+The price is a page fault per fresh page of a mapped block: on the 2-core benchmark machine,
+18-23 % of the CPU images/s (fidkit then still runs 1.6-1.7x the peers' rate). Set
+``FIDKIT_NO_ALLOC_TUNING=1`` to trade memory growth back for that speed.
 
 This module imports neither torch nor numpy: the command line calls :func:`tune_allocator` before
 torch is loaded. Library users running long CPU jobs in their own process can call it too, or set
