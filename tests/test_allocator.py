@@ -7,6 +7,7 @@ mapped on its own (``mallinfo2().hblks`` counts mapped blocks). Each probe runs 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -45,8 +46,6 @@ print(json.dumps({"applied": applied, "mapped": mapped}))
 
 
 def _probe(how: str, **env_extra) -> dict:
-    import os
-
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "FIDKIT_NO_ALLOC_TUNING")}
     env.update(env_extra)
