@@ -12,11 +12,15 @@ pytorch-fid gets them through its ``load_state_dict_from_url``, torch-fidelity t
   fidkit decodes in threads of its one process);
 * this machine's fp32 matmul GFLOP/s (torch, all threads) and fidkit's share of it, counting
   the FID Inception at 5.7 GMAC = 11.4 GFLOP per image;
-* fidkit's largest difference between its fast path and the plain network on the first images,
-  and between its statistics and torch-fidelity's (the same tf1 convention);
+* fidkit's largest difference between the network it ran and the reference (plain) network on
+  the first images (0 for its default, which gives the same bits), and between its statistics
+  and torch-fidelity's (the same tf1 convention);
 * with ``--scaling``, fidkit's peak RSS against the number of images (a generated source, no
   files) to show memory does not grow with N, one process per N; with ``--scaling-trace N``, one
   process of N images, its RSS sampled against the images loaded so far.
+
+Tools: ``fidkit`` (its defaults), ``fidkit-exact`` (``--exact``, the reference network),
+``fidkit-folded`` (``--fold-bn``), ``pytorch-fid``, ``torch-fidelity``.
 
 The fidkit child applies the heap setting the fidkit command line applies (fidkit.allocator);
 ``FIDKIT_NO_ALLOC_TUNING=1`` turns it off there as in the command line.
@@ -66,7 +70,12 @@ class GeneratedSource:
         return {"kind": "generated", "images": self.count}
 
 
-def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, device: str = "cpu") -> dict:
+#: The ``fast`` argument each fidkit tool name runs with.
+FIDKIT_TOOLS = {"fidkit": None, "fidkit-exact": False, "fidkit-folded": "folded"}
+
+
+def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, device: str = "cpu",
+                fast: bool | str | None = None) -> dict:
     import torch
 
     import fidkit
@@ -76,9 +85,6 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
 
     import fidkit.features
 
-    # fidkit's defaults (the folded channels-last network); FIDKIT_BENCH_PLAIN=1 runs --exact.
-    if os.environ.get("FIDKIT_BENCH_PLAIN", "") not in ("", "0"):
-        fidkit.features.OPTIMIZED_DEFAULT = False
     if os.environ.get("FIDKIT_BENCH_THREADS", "") not in ("", "0"):  # CUDA: threads, not processes
         fidkit.features._DECODE_PROCESSES_ON_CARD = False
     batch = int(os.environ.get("FIDKIT_BENCH_BATCH", "0")) or None
@@ -88,22 +94,27 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
     start = time.perf_counter()
     extra = {"batch_size": batch} if batch else {}
     stats = fidkit.compute_statistics(source, dims=dims, weights=weights, workers=workers,
-                                      device=device, cache=False, progress=False, **extra)
+                                      device=device, cache=False, progress=False, fast=fast,
+                                      **extra)
     seconds = time.perf_counter() - start
-    out = {"n": stats.n, "seconds": seconds, "mu": stats.mu.tolist()}
+    out = {"n": stats.n, "seconds": seconds, "mu": stats.mu.tolist(),
+           "network": stats.meta.get("network")}
     if trace is not None:
         out["rss_trace"] = trace.stop()
     if not isinstance(source, str):
         return out
-    # fast path vs the plain network on the first images (the tests check this too)
+    # the network that ran vs the reference network on the first images (the tests check this)
     first = FolderSource(folder)
     first.files = first.files[:16]
     model.outputs = ("2048",)
-    plain = torch.cat([o["2048"] for o in iter_features(first, model, get_convention("tf1"),
-                                                        workers=0, optimized=False, progress=False)])
-    fast = torch.cat([o["2048"] for o in iter_features(first, model, get_convention("tf1"),
-                                                       workers=0, optimized=True, progress=False)])
-    out["fast_vs_plain_rel"] = float((fast - plain).abs().max() / plain.abs().max())
+
+    def features(path):
+        return torch.cat([o["2048"] for o in iter_features(first, model, get_convention("tf1"),
+                                                           workers=0, optimized=path,
+                                                           progress=False)])
+
+    plain, ran = features(False), features(fast)
+    out["fast_vs_plain_rel"] = float((ran - plain).abs().max() / plain.abs().max())
     return out
 
 
@@ -166,7 +177,7 @@ def _run_torch_fidelity(folder: str, weights: str, device: str = "cpu") -> dict:
 
 def child_main(args: argparse.Namespace) -> None:
     tool = args.run
-    if tool == "fidkit":
+    if tool == "fidkit-folded":
         # what the fidkit command line does before it loads torch (fidkit.allocator)
         from fidkit.allocator import tune_allocator
 
@@ -175,8 +186,9 @@ def child_main(args: argparse.Namespace) -> None:
         import torch  # a peer made to run plain fp32 convolutions, as fidkit always does
 
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    if tool == "fidkit":
-        result = _run_fidkit(args.folder, args.weights, args.workers, args.dims, args.device)
+    if tool in FIDKIT_TOOLS:
+        result = _run_fidkit(args.folder, args.weights, args.workers, args.dims, args.device,
+                             FIDKIT_TOOLS[tool])
     elif tool == "pytorch-fid":
         result = _run_pytorch_fid(args.folder, args.weights, args.device)
     elif tool == "torch-fidelity":
@@ -302,21 +314,27 @@ def parent_main(args: argparse.Namespace) -> None:
                 print(f"{name:8s} {tool:15s} FAILED {row['error']}")
                 continue
             share = row["images_per_s"] * GFLOP_PER_IMAGE / gflops
-            extra = f" fast-vs-plain {row['fast_vs_plain_rel']:.1e}" if "fast_vs_plain_rel" in row else ""
+            extra = ""
+            if "fast_vs_plain_rel" in row:
+                extra = (f" [{row['network']}: vs reference {row['fast_vs_plain_rel']:.1e}"
+                         f"{' (same bits)' if row['fast_vs_plain_rel'] == 0 else ''}]")
             print(f"{name:8s} {tool:15s} n={row['n']:5d} {row['images_per_s']:6.2f} img/s "
                   f"({share:5.1%} of matmul peak) wall {row['wall_s']:6.1f} s "
                   f"peak RSS {row['peak_rss_mb']:5.0f} MB PSS {row['peak_pss_mb']:5.0f} MB{extra}", flush=True)
-        if "fidkit" in rows and "mu" in rows["fidkit"]:
+        for ours in FIDKIT_TOOLS:
+            if "mu" not in rows.get(ours, {}):
+                continue
             for peer in ("pytorch-fid", "torch-fidelity"):
                 if "mu" in rows.get(peer, {}):
-                    ratio = rows["fidkit"]["images_per_s"] / rows[peer]["images_per_s"]
-                    print(f"{name:8s} fidkit / {peer}: {ratio:.2f}x")
-                    report.setdefault("speedups", []).append({"set": name, "peer": peer, "ratio": ratio})
+                    ratio = rows[ours]["images_per_s"] / rows[peer]["images_per_s"]
+                    print(f"{name:8s} {ours} / {peer}: {ratio:.2f}x")
+                    report.setdefault("speedups", []).append(
+                        {"set": name, "tool": ours, "peer": peer, "ratio": ratio})
             if "mu" in rows.get("torch-fidelity", {}):
-                a, b = np.array(rows["fidkit"]["mu"]), np.array(rows["torch-fidelity"]["mu"])
+                a, b = np.array(rows[ours]["mu"]), np.array(rows["torch-fidelity"]["mu"])
                 rel = float(np.abs(a - b).max() / np.abs(b).max())
-                print(f"{name:8s} fidkit vs torch-fidelity mu (both tf1): max rel diff {rel:.1e}")
-                report.setdefault("agreement", []).append({"set": name, "mu_rel": rel})
+                print(f"{name:8s} {ours} vs torch-fidelity mu (both tf1): max rel diff {rel:.1e}")
+                report.setdefault("agreement", []).append({"set": name, "tool": ours, "mu_rel": rel})
     if args.batch_sweep:
         name, folder = sets[-1]
         for batch in (int(b) for b in args.batch_sweep.split(",")):

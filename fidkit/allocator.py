@@ -1,22 +1,23 @@
-"""Process-wide heap setting that keeps a long CPU feature run's memory flat.
+"""Process-wide heap setting that keeps a long CPU run of the *folded* network's memory flat.
 
 Why: torch's CPU tensors come from glibc's ``malloc``. glibc serves blocks above its *mmap
 threshold* with their own mapping (returned to the system on free) and smaller ones from the heap.
 By default that threshold moves: each freed mapped block up to 32 MiB raises it to that size. The
-Inception forward on a batch of 16 makes activations of 2-90 MiB, so after the first batch the
-4-32 MiB ones (the Mixed blocks' outputs) land in the heap, where blocks of many sizes and lifetimes
-fragment it: peak RSS crept up with the number of images (1.11 GB at 1k, 1.26 GB at 20k, measured
-in benchmarks/RESULTS.md). With the threshold pinned at 4 MiB those blocks are mapped and unmapped
-instead, and the heap holds only small, short-lived blocks, so the peak no longer depends on how
-many images went through.
+folded channels-last network (``--fold-bn``) makes activations of 2-90 MiB on a batch of 16, so
+after the first batch the 4-32 MiB ones (the Mixed blocks' outputs) land in the heap, where blocks
+of many sizes and lifetimes fragment it: its peak RSS crept up with the number of images (1.11 GB
+at 1k, 1.26 GB at 20k, measured in benchmarks/RESULTS.md). With the threshold pinned at 4 MiB
+those blocks are mapped and unmapped instead, and the peak no longer depends on how many images
+went through.
 
-The price is a page fault per fresh page of a mapped block: on the 2-core benchmark machine,
-18-23 % of the CPU images/s (fidkit then still runs 1.6-1.7x the peers' rate). Set
-``FIDKIT_NO_ALLOC_TUNING=1`` to trade memory growth back for that speed.
+The price is a page fault per fresh page of a mapped block: 18-23 % of the folded network's CPU
+images/s, and 30-40 % of the default (blocked, fidkit.blocked) network's. The default network
+does not need the setting: its memory is flat without it (benchmarks/RESULTS.md). So the command
+line applies it with ``--fold-bn`` only; ``FIDKIT_NO_ALLOC_TUNING=1`` turns it off there too.
 
 This module imports neither torch nor numpy: the command line calls :func:`tune_allocator` before
-torch is loaded. Library users running long CPU jobs in their own process can call it too, or set
-glibc's own ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment.
+torch is loaded. Library users running the folded network for long in their own process can call
+it too, or set glibc's own ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment.
 """
 from __future__ import annotations
 

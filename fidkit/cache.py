@@ -168,7 +168,8 @@ def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursiv
         "weights_sha256": resolved.sha256,
         "dicom": dicom_meta,
         "skip_bad": bool(skip_bad),
-        "fast": _effective_fast(fast),
+        # The reference and blocked networks give the same bits: only folding changes them.
+        "folded": fast == "folded",
     }
     files = _fingerprint_or_none(folder, fields)
     if files is None:
@@ -176,12 +177,3 @@ def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursiv
     fields["files"] = files
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
     return CacheEntry(stats_cache_dir() / f"{key}.pkl", key, fields, folder)
-
-
-def _effective_fast(fast: bool | None) -> bool:
-    """None means the library default; key on what actually runs."""
-    if fast is not None:
-        return bool(fast)
-    from fidkit.defaults import FAST_PATH_DEFAULT
-
-    return FAST_PATH_DEFAULT

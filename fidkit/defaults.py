@@ -51,10 +51,6 @@ CACHE_ENV = "FIDKIT_CACHE"
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_CPU_BATCH_SIZE = 16
 
-#: Whether the network runs as its batch-norm-folded, channels-last copy unless told otherwise
-#: (``--exact`` / ``fast=False`` runs the plain one); see :mod:`fidkit.features`.
-FAST_PATH_DEFAULT = True
-
 #: Image file suffixes read from folders (compared case-insensitively).
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm",

@@ -2,16 +2,25 @@
 ahead of the network, the network on the chosen device in fp32 (TF32 off: the number must not
 depend on the card).
 
-Speed without changing the numbers beyond rounding: by default (:data:`OPTIMIZED_DEFAULT`;
-``optimized=False``, the CLI's ``--exact``, turns it off) the network that runs is an inference
-copy of the loaded one (:func:`inference_copy`) with every batch norm folded into its
-convolution, in the layout its device's fp32 kernels are fastest in (:func:`fast_layout`:
-channels-last on the CPU, NCHW on CUDA). This changes only the order of floating-point
-operations: the fast path is as close to a float64 evaluation of the network as the plain
-float32 network is (within 3x, ``tests/test_throughput_paths.py``). On a CUDA card the decoding
-threads only decode; the images are resized there in batches (:func:`_device_batch`).
-Measured on a 2-core AVX-512 CPU and an H200 (``benchmarks/throughput.py``,
-``benchmarks/gpu.py``, ``benchmarks/RESULTS.md``).
+Three ways to run the same network (:data:`NETWORK_PATHS`, picked by :func:`network_path`):
+
+* ``"reference"``: the module as written, pytorch-fid's float32 operations in order. The
+  CLI's ``--exact``, ``fast=False``; the default on CUDA, where nothing faster measured faster
+  at equal numerics (benchmarks/RESULTS.md).
+* ``"blocked"``: the default on the CPU. The same convolution kernels on the same data, without
+  the reorders around them (:mod:`fidkit.blocked`): features bit-identical to ``"reference"``,
+  checked once per process on the machine itself (it falls back to ``"reference"`` otherwise).
+* ``"folded"``: batch norm folded into the convolutions, in the layout its device's fp32 kernels
+  are fastest in (:func:`fast_layout`). Opt-in (``--fold-bn``, ``fast="folded"``): its CPU
+  forward is ~15 % faster than the blocked one's, but it changes the order of floating-point
+  operations, and with the random test
+  weights its pool_3 features are up to ~8e-5 of their largest magnitude from the reference's
+  (as far as the reference's own float32 features are from float64: ``benchmarks/rounding.py``).
+  Statistics record it in ``meta["fast_path"]``.
+
+On a CUDA card the decoding threads only decode; the images are resized there in batches
+(:func:`_device_batch`). Measured on a 2-core AVX-512 CPU and an H200
+(``benchmarks/throughput.py``, ``benchmarks/gpu.py``, ``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
@@ -19,13 +28,14 @@ import contextlib
 import copy
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, FAST_PATH_DEFAULT
+from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE
 from fidkit.errors import BadImageError, FidkitError, UsageError
 from fidkit.inception import BasicConv2d, FIDInceptionV3
 from fidkit.preprocess import Convention
@@ -34,15 +44,27 @@ from fidkit.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 _MODELS: dict[tuple, FIDInceptionV3] = {}
 
-#: Whether :func:`iter_features` (and the streaming metrics) run :func:`inference_copy` when not
-#: told. On: 1.5x the plain network's images/s on CPU with features within ~1e-6 of it relative
-#: to their largest magnitude. The plain network (``optimized=False``, ``--exact``) reproduces
-#: pytorch-fid's float32 operations in order: bit-identical pool_3 features on the same CPU, which
-#: is what the 1e-6 statistics parity tests (tests/test_parity.py) hold it to; the fast path's
-#: statistics differ from those by ~1e-5 relative with the random test weights.
-OPTIMIZED_DEFAULT = FAST_PATH_DEFAULT
-#: ``meta["fast_path"]`` of statistics made by the fast network (absent for the plain one).
+#: The networks :func:`iter_features` can run; see the module's docstring.
+NETWORK_PATHS: tuple[str, ...] = ("reference", "blocked", "folded")
+#: ``meta["fast_path"]`` of statistics made by the folded network (absent for the others, whose
+#: features are the reference network's bit for bit).
 FAST_PATH_NOTE = "batch norm folded into the convolutions, channels-last"
+
+
+def network_path(fast: bool | str | None, device: torch.device | str) -> str:
+    """The network to run on ``device`` for the API's ``fast`` argument: False is
+    ``"reference"``; ``"folded"`` is ``"folded"``; None or True (the default) is ``"blocked"`` on
+    a CPU with oneDNN and ``"reference"`` elsewhere. Raises UsageError for other values."""
+    from fidkit.blocked import blocked_supported
+
+    if fast is None or fast is True:
+        return "blocked" if blocked_supported(device) else "reference"
+    if fast is False:
+        return "reference"
+    if fast == "folded":
+        return "folded"
+    raise UsageError(f"fast={fast!r}: use None (the default), True, False (the reference "
+                     "network) or 'folded'")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -107,32 +129,55 @@ def fast_layout(device: torch.device | str) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
 
 
-def inference_copy(model: FIDInceptionV3) -> FIDInceptionV3:
-    """The network :func:`iter_features` runs: batch norm folded, weights in
-    :func:`fast_layout` for the model's device (feed it inputs in that layout).
+#: The copies :func:`inference_copy` made, per model and path. Beside the model, not in it, so
+#: that ``copy.deepcopy(model)`` and pickling never meet the blocked copy's opaque tensors.
+_COPIES: "weakref.WeakKeyDictionary[FIDInceptionV3, dict]" = weakref.WeakKeyDictionary()
+
+
+def inference_copy(model: FIDInceptionV3, path: str = "folded") -> FIDInceptionV3:
+    """The network :func:`iter_features` runs for ``path`` (:data:`NETWORK_PATHS`): ``model``
+    itself for ``"reference"``; for ``"folded"``, batch norm folded, weights in
+    :func:`fast_layout` for the model's device (feed it inputs in that layout); for
+    ``"blocked"``, :func:`fidkit.blocked.verified_blocked_copy` (dense NCHW input), or ``model``
+    itself where that check failed.
 
     Memoised on ``model`` and rebuilt when any of its tensors changed in place (``load_weights``
     bumps their version counters) or it moved device, so callers may keep using and reloading
     the plain model. The copy's ``outputs`` follow the plain model's at every call.
     """
+    if path == "reference":
+        return model
     # Called once per batch, so the check must cost microseconds, not a state_dict() walk (which
     # was ~15 % of a batch of 50 on an H200): the tensors are listed once per copy and their
     # version counters compared; ``model.to`` swaps ``.data`` without bumping them, so the first
     # parameter's device and dtype are compared too.
     first = next(model.parameters())
-    cached = model.__dict__.get("_fidkit_inference_copy")
+    copies = _COPIES.setdefault(model, {})
+    cached = copies.get(path)
     if cached is not None:
         where, tensors, versions, fast = cached
         if where != (first.device, first.dtype) or versions != [t._version for t in tensors]:
             cached = None
     if cached is None:
-        model.__dict__.pop("_fidkit_inference_copy", None)  # not deep-copied into the new one
-        fast = fold_batchnorm(model).to(memory_format=fast_layout(first.device))
+        if path == "folded":
+            fast = fold_batchnorm(model).to(memory_format=fast_layout(first.device))
+        elif path == "blocked":
+            from fidkit.blocked import verified_blocked_copy
+
+            fast = verified_blocked_copy(model)
+        else:
+            raise UsageError(f"unknown network path {path!r}; use one of {', '.join(NETWORK_PATHS)}")
         tensors = [*model.parameters(), *model.buffers()]
-        model.__dict__["_fidkit_inference_copy"] = (
-            (first.device, first.dtype), tensors, [t._version for t in tensors], fast)
+        copies[path] = ((first.device, first.dtype), tensors, [t._version for t in tensors], fast)
+    if fast is None:  # the blocked copy did not reproduce the model here
+        return model
     fast.outputs = model.outputs
     return fast
+
+
+def input_layout(path: str, device: torch.device | str) -> torch.memory_format:
+    """Memory layout the network of ``path`` takes its input in."""
+    return fast_layout(device) if path == "folded" else torch.contiguous_format
 
 
 @contextlib.contextmanager
@@ -286,6 +331,16 @@ def _batches(items: _Prepared, batch_size: int, threads: int) -> Iterator[tuple]
 class ExtractionReport:
     used: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
+    network: str = ""  # the network path that ran (NETWORK_PATHS)
+
+
+def network_meta(path: str) -> dict[str, str]:
+    """Provenance of the network path that ran: ``{"network": path}``, plus ``"fast_path"`` for
+    the folded network, the one whose features are not the reference network's bits."""
+    meta = {"network": path} if path else {}
+    if path == "folded":
+        meta["fast_path"] = FAST_PATH_NOTE
+    return meta
 
 
 def default_workers() -> int:
@@ -306,16 +361,16 @@ def iter_features(
     skip_bad: bool = False,
     progress: bool = True,
     report: ExtractionReport | None = None,
-    optimized: bool | None = None,
+    optimized: bool | str | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield the network's outputs batch by batch (dict of (B, D) float32 tensors on the model's
     device), in the source's order.
 
     ``workers``: decoding threads, or on CUDA (resize on the card) decoding processes (None:
     :func:`default_workers`; 0 decodes in the caller's thread between batches).
-    ``optimized``: run :func:`inference_copy` of ``model`` (folded batch norm, :func:`fast_layout`);
-    False runs ``model`` as it is (the reference path the tests compare against); None follows
-    :data:`OPTIMIZED_DEFAULT`.
+    ``optimized``: which network runs, as :func:`network_path` reads it (None: ``"blocked"`` on
+    the CPU, ``model`` itself on CUDA; False: ``model`` itself, the reference the tests compare
+    against; ``"folded"``: the folded copy).
     Raises :class:`BadImageError` for an unreadable item unless ``skip_bad``; UsageError for a
     batch size under 1 or a negative worker count."""
     device = next(model.parameters()).device
@@ -326,10 +381,13 @@ def iter_features(
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    if optimized is None:
-        optimized = OPTIMIZED_DEFAULT
-    network = inference_copy(model) if optimized else model
-    layout = fast_layout(device) if optimized else torch.contiguous_format
+    path = network_path(optimized, device)
+    network = inference_copy(model, path)
+    if network is model:
+        path = "reference"
+    if report is not None:
+        report.network = path
+    layout = input_layout(path, device)
     # On a card the resize runs there, batched (decoding threads only decode); conventions whose
     # resize is PIL's own (clean) stay per image in the threads.
     on_card = _resize_on_device(device, convention)

@@ -43,6 +43,15 @@ class BasicConv2d(nn.Module):
         return torch.relu_(self.bn(self.conv(x)))
 
 
+def _cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Channel concatenation (of the blocked network's opaque tensors too: fidkit.blocked)."""
+    if not any(t.is_mkldnn for t in parts):
+        return torch.cat(parts, 1)
+    from fidkit.blocked import concat_blocked
+
+    return concat_blocked(parts)
+
+
 def _avg_pool_3x3(x: torch.Tensor) -> torch.Tensor:
     # TF's average pool divides by the number of real (unpadded) inputs.
     return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
@@ -64,7 +73,7 @@ class InceptionA(nn.Module):
         b = self.branch5x5_2(self.branch5x5_1(x))
         c = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         d = self.branch_pool(_avg_pool_3x3(x))
-        return torch.cat([a, b, c, d], 1)
+        return _cat([a, b, c, d])
 
 
 class InceptionB(nn.Module):
@@ -79,7 +88,7 @@ class InceptionB(nn.Module):
         a = self.branch3x3(x)
         b = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         c = F.max_pool2d(x, kernel_size=3, stride=2)
-        return torch.cat([a, b, c], 1)
+        return _cat([a, b, c])
 
 
 class InceptionC(nn.Module):
@@ -104,7 +113,7 @@ class InceptionC(nn.Module):
                       self.branch7x7dbl_5):
             c = layer(c)
         d = self.branch_pool(_avg_pool_3x3(x))
-        return torch.cat([a, b, c, d], 1)
+        return _cat([a, b, c, d])
 
 
 class InceptionD(nn.Module):
@@ -123,7 +132,7 @@ class InceptionD(nn.Module):
         for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
             b = layer(b)
         c = F.max_pool2d(x, kernel_size=3, stride=2)
-        return torch.cat([a, b, c], 1)
+        return _cat([a, b, c])
 
 
 class InceptionE(nn.Module):
@@ -143,19 +152,21 @@ class InceptionE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.branch1x1(x)
         b = self.branch3x3_1(x)
-        b = torch.cat([self.branch3x3_2a(b), self.branch3x3_2b(b)], 1)
+        b = _cat([self.branch3x3_2a(b), self.branch3x3_2b(b)])
         c = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        c = torch.cat([self.branch3x3dbl_3a(c), self.branch3x3dbl_3b(c)], 1)
+        c = _cat([self.branch3x3dbl_3a(c), self.branch3x3dbl_3b(c)])
         if self.max_pool_branch:
             # The TF graph's Mixed_7c pools with max, not average (kept for FID compatibility).
             pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
         else:
             pooled = _avg_pool_3x3(x)
         d = self.branch_pool(pooled)
-        return torch.cat([a, b, c, d], 1)
+        return _cat([a, b, c, d])
 
 
 def _global_pool(x: torch.Tensor) -> torch.Tensor:
+    if x.is_mkldnn:  # oneDNN's global pool sums in another order than torch's: pool in NCHW
+        x = x.to_dense()
     return torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
 
 

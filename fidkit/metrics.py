@@ -67,7 +67,7 @@ class _InceptionMetrics:
         is_splits: int = DEFAULT_SPLITS,
         seed: int = DEFAULT_SEED,
         force: bool = False,
-        fast: bool | None = None,
+        fast: bool | str | None = None,
     ) -> None:
         from fidkit.features import load_model, resolve_device
         from fidkit.inception import tap_name
@@ -79,11 +79,13 @@ class _InceptionMetrics:
             fid=fid, kid=kid, inception_score=inception_score, kid_subset_size=kid_subset_size,
             kid_subsets=kid_subsets, is_splits=is_splits, seed=seed, force=force, fast=fast,
         )
-        from fidkit.features import OPTIMIZED_DEFAULT
+        from fidkit.features import network_path
 
         # The same network path compute_statistics runs, so a stream and a folder of the same
-        # images give the same features (see fidkit.features.OPTIMIZED_DEFAULT).
-        self._fast = OPTIMIZED_DEFAULT if fast is None else bool(fast)
+        # images give the same features (see fidkit.features.network_path).
+        network_path(fast, "cpu")  # rejects a bad value now rather than at the first update
+        self._fast = fast
+        self._network = ""  # the path that ran, for the provenance
         self.use_fid = self._defaults["fid"] if fid is None else bool(fid)
         self.use_kid = self._defaults["kid"] if kid is None else bool(kid)
         self.use_is = self._defaults["inception_score"] if inception_score is None else bool(inception_score)
@@ -185,7 +187,7 @@ class _InceptionMetrics:
         wanted = self._outputs(real)
         if not wanted:
             return
-        from fidkit.features import fast_layout, fp32_numerics, inference_copy
+        from fidkit.features import fp32_numerics, inference_copy, input_layout, network_path
 
         x = self._network_scale(images)
         if x.shape[0] == 0:
@@ -193,11 +195,12 @@ class _InceptionMetrics:
         with torch.no_grad(), fp32_numerics():
             # The network object is shared per process: set what this call needs every time.
             self._model.outputs = wanted
-            if self._fast:
-                network = inference_copy(self._model)
-                out = network(self._conv.prepare(x).contiguous(memory_format=fast_layout(x.device)))
-            else:
-                out = self._model(self._conv.prepare(x))
+            path = network_path(self._fast, x.device)
+            network = inference_copy(self._model, path)
+            if network is self._model:
+                path = "reference"
+            self._network = path
+            out = network(self._conv.prepare(x).contiguous(memory_format=input_layout(path, x.device)))
         if self._tap in out:
             feats = out[self._tap]
             self._acc[real].update(feats)
@@ -238,11 +241,9 @@ class _InceptionMetrics:
             raise UsageError(f"the {side} side holds {acc.n} image(s); update() with at least 2 first")
         source = {"kind": "tensor-stream", "images": acc.n, "input_range": list(self.input_range),
                   "ranks": distributed.world_size()}
-        extra = {}
-        if self._fast:
-            from fidkit.features import FAST_PATH_NOTE
+        from fidkit.features import network_meta
 
-            extra["fast_path"] = FAST_PATH_NOTE
+        extra = network_meta(self._network)
         meta = build_meta(dims=self.dims, convention=self._conv.name,
                           weights=self._weights.describe(), n=acc.n, source=source, extra=extra)
         return acc.statistics(meta)

@@ -1,4 +1,6 @@
-"""The fast path computes the same features as the plain one.
+"""The folded network (opt-in, ``fast="folded"``) computes the same features as the plain one
+within rounding; the default network is the plain one's bits (here end to end, and layer by
+layer in tests/test_blocked.py).
 
 References: the unfolded network (real ``nn.BatchNorm2d`` layers, contiguous layout), the same
 network in float64, and torch's own ``fuse_conv_bn_eval`` for a single layer. Tolerance: 1e-5 of
@@ -156,39 +158,47 @@ def test_folder_fast_path_equals_plain_path_and_workers_agree(model, tmp_path):
                                                                  progress=False, **kw)])
 
         plain = run(workers=0, optimized=False)
-        inline = run(workers=0, optimized=True)
-        pooled = run(workers=2, optimized=True)
+        inline = run(workers=0, optimized=None)
+        pooled = run(workers=2, optimized=None)
+        folded = run(workers=2, optimized="folded")
     finally:
         model.outputs = ("2048",)
     assert plain.shape == (7, 64)
-    assert _rel_err(inline, plain) <= REL_TOL
+    # the default (blocked) network is the plain one's bits; folding is within rounding
+    assert torch.equal(inline, plain)
+    assert _rel_err(folded, plain) <= REL_TOL
+    assert not torch.equal(folded, plain)  # really another network
     # same batches, same kernels: decoding in workers must not change a single bit or the order
     assert torch.equal(pooled, inline)
 
 
-def test_compute_statistics_default_path_matches_plain_features(test_weights, tmp_path,
-                                                                monkeypatch):
-    """End to end through the API (optimised network, default workers) against the plain
-    network's features fed to numpy's mean and covariance."""
+def test_compute_statistics_default_path_matches_plain_features(test_weights, tmp_path):
+    """End to end through the API (default network, default workers) against the plain
+    network's features fed to numpy's mean and covariance, and against the API's own exact run
+    (the same bits, so the same statistics); the provenance says which network ran."""
     import fidkit
-    import fidkit.features
-
-    monkeypatch.setattr(fidkit.features, "OPTIMIZED_DEFAULT", True)
     from fidkit.features import iter_features, load_model
     from fidkit.preprocess import get_convention
     from fidkit.sources import FolderSource
 
     folder = write_folder(tmp_path / "e2e", make_images(6, (32, 32), seed=8))
-    stats = fidkit.compute_statistics(str(folder), dims=64, weights=str(test_weights), device="cpu",
-                                      progress=False)
+    kwargs = dict(dims=64, weights=str(test_weights), device="cpu", progress=False, cache=False)
+    stats = fidkit.compute_statistics(str(folder), **kwargs)
+    exact = fidkit.compute_statistics(str(folder), fast=False, **kwargs)
+    folded = fidkit.compute_statistics(str(folder), fast="folded", **kwargs)
     net, _ = load_model(str(test_weights), outputs=("64",), device="cpu")
     feats = torch.cat([o["64"] for o in iter_features(FolderSource(folder), net,
                                                        get_convention("tf1"), workers=0,
                                                        optimized=False, progress=False)])
     f = feats.double().numpy()
     scale = np.abs(f).max()
-    assert np.abs(stats.mu - f.mean(0)).max() <= REL_TOL * scale
-    assert np.abs(stats.sigma - np.cov(f, rowvar=False)).max() <= REL_TOL * scale ** 2
+    for s in (stats, folded):
+        assert np.abs(s.mu - f.mean(0)).max() <= REL_TOL * scale
+        assert np.abs(s.sigma - np.cov(f, rowvar=False)).max() <= REL_TOL * scale ** 2
+    assert np.array_equal(stats.mu, exact.mu) and np.array_equal(stats.sigma, exact.sigma)
+    assert stats.meta["network"] == "blocked" and "fast_path" not in stats.meta
+    assert exact.meta["network"] == "reference" and "fast_path" not in exact.meta
+    assert folded.meta["network"] == "folded" and "folded" in folded.meta["fast_path"]
     net.outputs = ("2048",)
 
 

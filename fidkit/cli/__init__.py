@@ -59,9 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = bool(os.environ.get("FIDKIT_DEBUG"))
-    if "torch" not in sys.modules:
-        # A fresh process that is about to load torch: keep the heap from fragmenting over long
-        # runs (fidkit.allocator). Skipped when torch is already in (an embedding process).
+    if getattr(args, "fold_bn", False) and "torch" not in sys.modules:
+        # A fresh process about to run the folded network, whose activations fragment glibc's
+        # heap over long runs (fidkit.allocator); the default network's do not. Skipped when
+        # torch is already in (an embedding process).
         from fidkit.allocator import tune_allocator
 
         tune_allocator()
