@@ -4,7 +4,8 @@ Runs the same images through three evaluations of one set of weights and compare
 every convolution block (conv + batch norm + ReLU) and the final taps:
 
 * ``plain``: the unoptimised network, float32, NCHW (``--exact``);
-* ``fast``: fidkit's default CPU network (batch norm folded into the convolutions, channels-last);
+* ``fast``: fidkit's folded CPU network (``--fold-bn``: batch norm folded into the convolutions,
+  channels-last; the default network, fidkit.blocked, gives ``plain``'s bits);
 * ``f64``: the plain network in float64, the reference for both.
 
 Each difference is the largest absolute difference relative to the largest magnitude of the

@@ -5,7 +5,7 @@
 
 1. Cost: ``metric.update(batch)`` (range check, rescale, preprocess, network, float64 accumulate)
    against the bare network on the same batch, ``model(convention.prepare(x))`` (the network
-   ``compute_statistics`` runs; with ``fast`` its folded, channels-last copy) without autograd,
+   ``compute_statistics`` runs: on the CPU its blocked copy, fidkit.blocked) without autograd,
    which is the least any FID in a training loop must pay. Runs are interleaved (each repeat times
    both once) so load from other processes hits both alike; the median of each is reported.
 2. Memory: a fresh metric fed N generated images (float in [-1, 1], made on the fly batch by
@@ -33,7 +33,8 @@ def main() -> int:
     import torch
 
     import fidkit
-    from fidkit.features import fast_layout, fp32_numerics, inference_copy, resolve_device
+    from fidkit.features import (fp32_numerics, inference_copy, input_layout, network_path,
+                                 resolve_device)
     from fidkit.preprocess import get_convention
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -79,16 +80,14 @@ def main() -> int:
     tap = str(args.dims)
     x = generated(batch, 0)
 
-    fast = metric._fast  # the same network path the metric runs (default: the folded network)
+    # the same network path the metric runs (default: the blocked copy on the CPU)
+    path = network_path(metric._fast, x.device)
 
     def bare() -> None:
         with torch.no_grad(), fp32_numerics():
             model.outputs = (tap,)
-            if fast:
-                network = inference_copy(model)
-                network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=fast_layout(x.device)))
-            else:
-                model(convention.prepare((x + 1) * 127.5))
+            network = inference_copy(model, path)
+            network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=input_layout(path, x.device)))
 
     def streamed() -> None:
         metric.update(x)
