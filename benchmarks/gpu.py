@@ -150,11 +150,11 @@ class _layout:
     def __enter__(self):
         self.saved = self.features.fast_layout
         self.features.fast_layout = lambda device: self.fmt
-        self.model.__dict__.pop("_fidkit_inference_copy", None)
+        self.features._COPIES.pop(self.model, None)  # rebuild the folded copy in this layout
 
     def __exit__(self, *exc):
         self.features.fast_layout = self.saved
-        self.model.__dict__.pop("_fidkit_inference_copy", None)
+        self.features._COPIES.pop(self.model, None)  # rebuild the folded copy in this layout
 
 
 class _tf32:

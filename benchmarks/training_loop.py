@@ -33,8 +33,7 @@ def main() -> int:
     import torch
 
     import fidkit
-    from fidkit.features import (fp32_numerics, inference_copy, input_layout, network_path,
-                                 resolve_device)
+    from fidkit.features import fp32_numerics, input_layout, resolve_device, select_network
     from fidkit.preprocess import get_convention
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -80,13 +79,11 @@ def main() -> int:
     tap = str(args.dims)
     x = generated(batch, 0)
 
-    # the same network path the metric runs (default: the blocked copy on the CPU)
-    path = network_path(metric._fast, x.device)
-
     def bare() -> None:
         with torch.no_grad(), fp32_numerics():
             model.outputs = (tap,)
-            network = inference_copy(model, path)
+            # the same network the metric runs (default: the blocked copy on the CPU)
+            network, path = select_network(model, metric._fast, x.device)
             network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=input_layout(path, x.device)))
 
     def streamed() -> None:

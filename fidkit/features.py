@@ -177,6 +177,16 @@ def inference_copy(model: FIDInceptionV3, path: str = "folded") -> FIDInceptionV
     return fast
 
 
+def select_network(model: FIDInceptionV3, fast: bool | str | None,
+                   device: torch.device | str) -> tuple[FIDInceptionV3, str]:
+    """The network to run on ``device`` for the API's ``fast`` argument (:func:`network_path`,
+    :func:`inference_copy`) and the path that really runs: ``"reference"`` where the blocked
+    copy's check failed and ``model`` itself runs."""
+    path = network_path(fast, device)
+    network = inference_copy(model, path)
+    return network, ("reference" if network is model else path)
+
+
 def input_layout(path: str, device: torch.device | str) -> torch.memory_format:
     """Memory layout the network of ``path`` takes its input in."""
     return fast_layout(device) if path == "folded" else torch.contiguous_format
@@ -383,10 +393,7 @@ def iter_features(
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    path = network_path(optimized, device)
-    network = inference_copy(model, path)
-    if network is model:
-        path = "reference"
+    network, path = select_network(model, optimized, device)
     if report is not None:
         report.network = path
     layout = input_layout(path, device)

@@ -187,7 +187,7 @@ class _InceptionMetrics:
         wanted = self._outputs(real)
         if not wanted:
             return
-        from fidkit.features import fp32_numerics, inference_copy, input_layout, network_path
+        from fidkit.features import fp32_numerics, input_layout, select_network
 
         x = self._network_scale(images)
         if x.shape[0] == 0:
@@ -195,10 +195,7 @@ class _InceptionMetrics:
         with torch.no_grad(), fp32_numerics():
             # The network object is shared per process: set what this call needs every time.
             self._model.outputs = wanted
-            path = network_path(self._fast, x.device)
-            network = inference_copy(self._model, path)
-            if network is self._model:
-                path = "reference"
+            network, path = select_network(self._model, self._fast, x.device)
             self._network = path
             out = network(self._conv.prepare(x).contiguous(memory_format=input_layout(path, x.device)))
         if self._tap in out:

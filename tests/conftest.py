@@ -43,6 +43,29 @@ def make_images(count: int, size: tuple[int, int], seed: int) -> np.ndarray:
     return imgs[:, :, :h, :w].permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def layer_inputs_and_outputs(model, x) -> tuple[dict, dict]:
+    """Run ``model`` on ``x`` and return, per convolution + batch norm + ReLU layer
+    (``BasicConv2d``) name, a copy of the tensor it was fed and of the tensor it returned."""
+    import torch
+
+    from fidkit.inception import BasicConv2d
+
+    inputs, outputs, hooks = {}, {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, BasicConv2d):
+            hooks.append(module.register_forward_pre_hook(
+                lambda _m, args, name=name: inputs.__setitem__(name, args[0].clone())))
+            hooks.append(module.register_forward_hook(
+                lambda _m, _a, out, name=name: outputs.__setitem__(name, out.clone())))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return inputs, outputs
+
+
 def write_folder(folder: Path, images: np.ndarray, fmt: str = "png") -> Path:
     from PIL import Image
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_images
+from conftest import layer_inputs_and_outputs, make_images
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                 reason="the blocked network needs torch's oneDNN")
@@ -80,21 +80,8 @@ def test_every_layer_is_bit_identical_on_its_own_input(model, blocked):
     network fed it: the blocked layer (packed weights, batch norm as a depthwise convolution)
     returns the same bits. Localises a failure of the end-to-end check."""
     from fidkit.blocked import BlockedConv2d
-    from fidkit.inception import BasicConv2d
 
-    inputs, outputs, hooks = {}, {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, BasicConv2d):
-            hooks.append(module.register_forward_pre_hook(
-                lambda _m, args, name=name: inputs.__setitem__(name, args[0].clone())))
-            hooks.append(module.register_forward_hook(
-                lambda _m, _a, out, name=name: outputs.__setitem__(name, out.clone())))
-    try:
-        with torch.inference_mode():
-            model(_images(2, seed=7))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    inputs, outputs = layer_inputs_and_outputs(model, _images(2, seed=7))
     layers = dict(blocked.named_modules())
     assert len(inputs) == 94
     differ = []

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_images, write_folder
+from conftest import layer_inputs_and_outputs, make_images, write_folder
 
 REL_TOL = 1e-5
 
@@ -94,24 +94,11 @@ def test_every_fast_block_equals_the_plain_block_on_the_same_input(model):
     difference is this per-block rounding grown through the depth, as it grows for the plain
     float32 network against float64 (benchmarks/rounding.py)."""
     from fidkit.features import inference_copy
-    from fidkit.inception import BasicConv2d
     from fidkit.preprocess import get_convention
 
     conv = get_convention("tf1")
     x = torch.stack([conv.prepare_image(img) for img in make_images(2, (80, 64), seed=11)])
-    inputs, outputs, hooks = {}, {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, BasicConv2d):
-            hooks.append(module.register_forward_pre_hook(
-                lambda _m, args, name=name: inputs.__setitem__(name, args[0].clone())))
-            hooks.append(module.register_forward_hook(
-                lambda _m, _a, out, name=name: outputs.__setitem__(name, out.clone())))
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    inputs, outputs = layer_inputs_and_outputs(model, x)
     fast = dict(inference_copy(model).named_modules())
     assert len(inputs) == 94
     worst = {}
