@@ -15,7 +15,7 @@ Cases (mu differs by a fixed random vector in all of them):
 Each implementation is timed on the same arrays; runs are interleaved (run r calls every
 implementation once) so that load from other processes hits all of them alike. Reported: the
 median wall time and the relative error |value - truth| / truth. ``fidkit+ref`` reuses the
-reference's (second argument's) cached factor, as ``fidkit.frechet.frechet`` does for a reused
+reference's (second argument's) cached factor, as ``fidkit.distances.frechet.frechet`` does for a reused
 reference ``Statistics``. At d = 2048 clean-fid (the same code path as pytorch-fid) is
 timed once (see ``ONCE``).
 """
@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fidkit.frechet import covariance_factor, frechet_from_moments  # noqa: E402
+from fidkit.distances.frechet import covariance_factor, frechet_from_moments  # noqa: E402
 
 
 # --------------------------------------------------------------------------- cases

@@ -68,7 +68,7 @@ def environment() -> dict:
 
 def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
     """The card's fp32 matmul rate with TF32 off (TFLOP/s, the mean of ``repeats`` products)."""
-    from fidkit.features import fp32_numerics
+    from fidkit.extractors.runner import fp32_numerics
 
     if not DEVICE.startswith("cuda"):
         size, repeats = 1024, 2
@@ -87,9 +87,9 @@ def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
 
 def numerics(weights: str) -> dict:
     """Largest difference from the float64 network, relative to the largest feature, per tap."""
-    from fidkit.features import fast_layout, fp32_numerics, inference_copy, load_model
+    from fidkit.extractors.runner import fast_layout, fp32_numerics, inference_copy, load_model
     from fidkit.preprocess import get_convention
-    from fidkit.weights import synthetic_images
+    from fidkit.extractors.weights import synthetic_images
 
     taps = ("64", "192", "768", "2048")
     images = synthetic_images(32, size=256, generator=torch.Generator().manual_seed(7))
@@ -143,7 +143,7 @@ class _layout:
     """Make fidkit's fast network use ``fmt`` on the card (to compare layouts in one run)."""
 
     def __init__(self, model, fmt) -> None:
-        import fidkit.features as features
+        import fidkit.extractors.runner as features
 
         self.features, self.model, self.fmt = features, model, fmt
 
@@ -222,7 +222,7 @@ def in_memory(weights: str, batches: list[int], images: int) -> list[dict]:
 def _write_chunk(args: tuple) -> None:
     from PIL import Image
 
-    from fidkit.weights import synthetic_images
+    from fidkit.extractors.weights import synthetic_images
 
     folder, start, stop = args
     torch.set_num_threads(1)
@@ -294,7 +294,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     weights = args.weights or str(work / "test-weights.pth")
     if not Path(weights).exists():
-        from fidkit.weights import make_test_weights
+        from fidkit.extractors.weights import make_test_weights
 
         make_test_weights(weights, seed=0)
     skip = set(filter(None, args.skip.split(",")))

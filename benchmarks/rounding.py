@@ -5,7 +5,7 @@ every convolution block (conv + batch norm + ReLU) and the final taps:
 
 * ``plain``: the unoptimised network, float32, NCHW (``--exact``);
 * ``fast``: fidkit's folded CPU network (``--fold-bn``: batch norm folded into the convolutions,
-  channels-last; the default network, fidkit.blocked, gives ``plain``'s bits);
+  channels-last; the default network, fidkit.extractors.networks.inception_blocked, gives ``plain``'s bits);
 * ``f64``: the plain network in float64, the reference for both.
 
 Each difference is the largest absolute difference relative to the largest magnitude of the
@@ -33,10 +33,10 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
-    from fidkit.features import inference_copy, load_model
-    from fidkit.inception import BasicConv2d
+    from fidkit.extractors.runner import inference_copy, load_model
+    from fidkit.extractors.networks.inception import BasicConv2d
     from fidkit.preprocess import get_convention
-    from fidkit.weights import synthetic_images
+    from fidkit.extractors.weights import synthetic_images
 
     net, _ = load_model(args.weights, outputs=("64", "192", "768", "2048"), device="cpu")
     images = synthetic_images(args.images, size=256, generator=torch.Generator().manual_seed(7))

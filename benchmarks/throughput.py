@@ -79,14 +79,14 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
     import torch
 
     import fidkit
-    from fidkit.features import iter_features, load_model
+    from fidkit.extractors.runner import iter_features, load_model
     from fidkit.preprocess import get_convention
     from fidkit.sources import FolderSource
 
-    import fidkit.features
+    import fidkit.extractors.runner
 
     if os.environ.get("FIDKIT_BENCH_THREADS", "") not in ("", "0"):  # CUDA: threads, not processes
-        fidkit.features._DECODE_PROCESSES_ON_CARD = False
+        fidkit.extractors.runner._DECODE_PROCESSES_ON_CARD = False
     batch = int(os.environ.get("FIDKIT_BENCH_BATCH", "0")) or None
     source = GeneratedSource(int(folder[len("generated:"):])) if folder.startswith("generated:") else folder
     model, _ = load_model(weights, device=device, progress=False)
@@ -249,7 +249,7 @@ def make_set(folder: Path, count: int, size: int, fmt: str) -> Path:
     import torch
     from PIL import Image
 
-    from fidkit.weights import synthetic_images
+    from fidkit.extractors.weights import synthetic_images
 
     done = folder / ".complete"
     if done.exists() and int(done.read_text()) >= count:
@@ -290,7 +290,7 @@ def parent_main(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     weights = Path(args.weights) if args.weights else work / "test-weights.pth"
     if not weights.exists():
-        from fidkit.weights import make_test_weights
+        from fidkit.extractors.weights import make_test_weights
 
         make_test_weights(weights, seed=0)
     report: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_before": os.getloadavg()}}

@@ -5,7 +5,7 @@
 
 1. Cost: ``metric.update(batch)`` (range check, rescale, preprocess, network, float64 accumulate)
    against the bare network on the same batch, ``model(convention.prepare(x))`` (the network
-   ``compute_statistics`` runs: on the CPU its blocked copy, fidkit.blocked) without autograd,
+   ``compute_statistics`` runs: on the CPU its blocked copy, fidkit.extractors.networks.inception_blocked) without autograd,
    which is the least any FID in a training loop must pay. Runs are interleaved (each repeat times
    both once) so load from other processes hits both alike; the median of each is reported.
 2. Memory: a fresh metric fed N generated images (float in [-1, 1], made on the fly batch by
@@ -33,7 +33,7 @@ def main() -> int:
     import torch
 
     import fidkit
-    from fidkit.features import fp32_numerics, input_layout, resolve_device, select_network
+    from fidkit.extractors.runner import fp32_numerics, input_layout, resolve_device, select_network
     from fidkit.preprocess import get_convention
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -56,7 +56,7 @@ def main() -> int:
     repeats = args.repeats or (20 if cuda else 5)
     weights = args.weights
     if weights is None:
-        from fidkit.weights import make_test_weights
+        from fidkit.extractors.weights import make_test_weights
 
         weights = os.path.join(tempfile.mkdtemp(), "random-inception.pth")
         make_test_weights(weights, seed=0, calibration_images=4)

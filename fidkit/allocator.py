@@ -11,7 +11,7 @@ those blocks are mapped and unmapped instead, and the peak no longer depends on 
 went through.
 
 The price is a page fault per fresh page of a mapped block: 18-23 % of the folded network's CPU
-images/s, and 30-40 % of the default (blocked, fidkit.blocked) network's. The default network
+images/s, and 30-40 % of the default (blocked, fidkit.extractors.networks.inception_blocked) network's. The default network
 does not need the setting: its memory is flat without it (benchmarks/RESULTS.md). So the command
 line applies it with ``--fold-bn`` only; ``FIDKIT_NO_ALLOC_TUNING=1`` turns it off there too.
 

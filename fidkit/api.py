@@ -46,7 +46,7 @@ def is_stats_path(path: str | os.PathLike) -> bool:
 def load_statistics(path: str | os.PathLike) -> Statistics:
     """Read a stats file (fidkit ``.pkl``/``.npz``, pytorch-fid/TTUR/clean-fid ``.npz``,
     torch-fidelity ``.pt``) without ever running code from it. Raises StatsFileError."""
-    from fidkit.statsio import load_statistics as _load
+    from fidkit.statistics.statsio import load_statistics as _load
 
     return _load(path)
 
@@ -82,19 +82,19 @@ def compute_statistics(
     Under an initialised torch.distributed process group each rank runs its block of the source
     and every rank gets the statistics of the whole (see :mod:`fidkit.distributed`).
     ``manifest``: write the list of items used (and skipped) to this JSON file; its SHA-256 goes
-    into the provenance. ``fast``: which network runs (:func:`fidkit.features.network_path`).
-    None, the default: on the CPU the blocked copy (:mod:`fidkit.blocked`, ~1.4x faster, features
+    into the provenance. ``fast``: which network runs (:func:`fidkit.extractors.runner.network_path`).
+    None, the default: on the CPU the blocked copy (:mod:`fidkit.extractors.networks.inception_blocked`, ~1.4x faster, features
     bit-identical to the reference network's, checked on the machine); on CUDA the reference
     network. False: the reference network, pytorch-fid's float32 operations in order.
     ``"folded"``: batch norm folded into the convolutions, a ~15 % faster CPU forward, features
     off by float32 rounding (recorded in ``meta["fast_path"]``). What ran is recorded in
     ``meta["network"]``. ``cache``: reuse (and store) the statistics of an unchanged folder
-    (see :mod:`fidkit.cache`); features, extra outputs and manifests are always computed.
+    (see :mod:`fidkit.statistics.cache`); features, extra outputs and manifests are always computed.
     Raises InputError/BadImageError/WeightsError/UsageError.
     """
     entry = None
     if cache and not (keep_features or keep_outputs or manifest is not None):
-        from fidkit.cache import entry_for
+        from fidkit.statistics.cache import entry_for
 
         entry = entry_for(source, dims=dims, convention=convention, weights=weights,
                           recursive=recursive, skip_bad=skip_bad, dicom=dicom, progress=progress,
@@ -110,10 +110,10 @@ def compute_statistics(
     # The source first: a missing path or an empty folder is reported before torch is imported.
     src = open_source(source, recursive=recursive, dicom=dicom)
     from fidkit import distributed
-    from fidkit.features import ExtractionReport, iter_features, load_model
-    from fidkit.inception import tap_name
+    from fidkit.extractors.runner import ExtractionReport, iter_features, load_model
+    from fidkit.extractors.networks.inception import tap_name
     from fidkit.preprocess import get_convention
-    from fidkit.provenance import build_meta
+    from fidkit.statistics.provenance import build_meta
 
     tap = tap_name(int(dims))
     conv = get_convention(convention)
@@ -142,7 +142,7 @@ def compute_statistics(
               f"{report.skipped[0][1]}", file=sys.stderr)
     if manifest is not None:
         described["manifest_sha256"] = write_manifest(manifest, src, report)
-    from fidkit.features import network_meta
+    from fidkit.extractors.runner import network_meta
 
     extra: dict[str, Any] = network_meta(report.network)
     dicom_options = getattr(src, "options", None)
@@ -202,7 +202,7 @@ def check_comparable(a: Statistics, b: Statistics, *, force: bool = False,
                      names: tuple[str, str] = ("A", "B")) -> list[str]:
     """Raise ProvenanceMismatchError when the two were made differently (unless ``force``);
     returns the differences (warnings when forced). A dims mismatch is always an error."""
-    from fidkit.provenance import differences
+    from fidkit.statistics.provenance import differences
 
     if a.dims != b.dims:
         raise ProvenanceMismatchError(f"{names[0]} has {a.dims}-dim features, {names[1]} has "
@@ -219,7 +219,7 @@ def fid(a: Any, b: Any, *, dims: int = DEFAULT_DIMS, convention: str = DEFAULT_C
     """FID between two sides, each a folder, a stats path, a :class:`Statistics`, or a uint8
     image batch. Raises ProvenanceMismatchError when the sides were made differently (dims,
     convention, weights, DICOM options) unless ``force=True``."""
-    from fidkit.frechet import frechet_distance
+    from fidkit.distances.frechet import frechet_distance
 
     sa = as_statistics(a, dims=dims, convention=convention, **options)
     sb = as_statistics(b, dims=dims, convention=convention, **options)

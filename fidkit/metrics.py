@@ -35,8 +35,8 @@ import torch
 from fidkit import distributed
 from fidkit.defaults import DEFAULT_CONVENTION, DEFAULT_DIMS
 from fidkit.errors import InputError, UsageError
-from fidkit.inception_score import DEFAULT_SPLITS, inception_score
-from fidkit.kid import DEFAULT_SEED, DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, MeanStd, kid
+from fidkit.distances.inception_score import DEFAULT_SPLITS, inception_score
+from fidkit.distances.kid import DEFAULT_SEED, DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, MeanStd, kid
 from fidkit.statistics import Statistics, StatisticsAccumulator
 
 STATE_FORMAT = "fidkit-metric-state"
@@ -69,8 +69,8 @@ class _InceptionMetrics:
         force: bool = False,
         fast: bool | str | None = None,
     ) -> None:
-        from fidkit.features import load_model, resolve_device
-        from fidkit.inception import tap_name
+        from fidkit.extractors.runner import load_model, resolve_device
+        from fidkit.extractors.networks.inception import tap_name
         from fidkit.preprocess import get_convention
 
         self._init_kwargs = dict(
@@ -79,10 +79,10 @@ class _InceptionMetrics:
             fid=fid, kid=kid, inception_score=inception_score, kid_subset_size=kid_subset_size,
             kid_subsets=kid_subsets, is_splits=is_splits, seed=seed, force=force, fast=fast,
         )
-        from fidkit.features import network_path
+        from fidkit.extractors.runner import network_path
 
         # The same network path compute_statistics runs, so a stream and a folder of the same
-        # images give the same features (see fidkit.features.network_path).
+        # images give the same features (see fidkit.extractors.runner.network_path).
         network_path(fast, "cpu")  # rejects a bad value now rather than at the first update
         self._fast = fast
         self._network = ""  # the path that ran, for the provenance
@@ -187,7 +187,7 @@ class _InceptionMetrics:
         wanted = self._outputs(real)
         if not wanted:
             return
-        from fidkit.features import fp32_numerics, input_layout, select_network
+        from fidkit.extractors.runner import fp32_numerics, input_layout, select_network
 
         x = self._network_scale(images)
         if x.shape[0] == 0:
@@ -230,7 +230,7 @@ class _InceptionMetrics:
         """
         if real and self._reference is not None:
             return self._reference
-        from fidkit.provenance import build_meta
+        from fidkit.statistics.provenance import build_meta
 
         acc = distributed.merge_accumulator(self._acc[bool(real)], self.dims)
         if acc.n < 2:
@@ -238,7 +238,7 @@ class _InceptionMetrics:
             raise UsageError(f"the {side} side holds {acc.n} image(s); update() with at least 2 first")
         source = {"kind": "tensor-stream", "images": acc.n, "input_range": list(self.input_range),
                   "ranks": distributed.world_size()}
-        from fidkit.features import network_meta
+        from fidkit.extractors.runner import network_meta
 
         extra = network_meta(self._network)
         meta = build_meta(dims=self.dims, convention=self._conv.name,
@@ -247,7 +247,7 @@ class _InceptionMetrics:
 
     def _fid(self) -> float:
         from fidkit.api import check_comparable
-        from fidkit.frechet import cached_factor, covariance_factor, frechet_from_moments
+        from fidkit.distances.frechet import cached_factor, covariance_factor, frechet_from_moments
 
         fake = self.statistics(real=False)
         ref = self.statistics(real=True)
@@ -390,7 +390,7 @@ class FID(_InceptionMetrics):
 
 
 class KID(_InceptionMetrics):
-    """Streaming Kernel Inception Distance (see :mod:`fidkit.kid`): keeps the per-image features
+    """Streaming Kernel Inception Distance (see :mod:`fidkit.distances.kid`): keeps the per-image features
     (N x dims float32) of both sides. ``reference``: an (N, dims) feature array, a
     :class:`Statistics` that has ``features``, an image folder, or None (``update(real=True)``).
     Subsets of ``kid_subset_size`` (1000, or fewer when a side has fewer), ``kid_subsets`` (100),
@@ -404,7 +404,7 @@ class KID(_InceptionMetrics):
 
 
 class InceptionScore(_InceptionMetrics):
-    """Streaming Inception Score of the generated images (see :mod:`fidkit.inception_score`):
+    """Streaming Inception Score of the generated images (see :mod:`fidkit.distances.inception_score`):
     keeps the 1008 unbiased logits per image; ``is_splits`` (10) and ``seed`` (2020) as
     torch-fidelity. Takes no reference."""
 

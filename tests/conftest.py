@@ -1,7 +1,7 @@
 """Shared fixtures: deterministic random FID-Inception weights and small image folders.
 
 The real weights cannot be fetched in the test environment, so the suite makes its own
-(``fidkit.weights.make_test_weights``: canonical key names, batch norm calibrated on synthetic
+(``fidkit.extractors.weights.make_test_weights``: canonical key names, batch norm calibrated on synthetic
 images so features have a real spread) and feeds the same file to fidkit and to every peer.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ os.environ.setdefault("FIDKIT_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def test_weights(tmp_path_factory) -> Path:
     """Path of a deterministic random weights file in the canonical state-dict format."""
-    from fidkit.weights import make_test_weights
+    from fidkit.extractors.weights import make_test_weights
 
     path = tmp_path_factory.mktemp("weights") / "test-inception.pth"
     make_test_weights(path, seed=0)
@@ -35,7 +35,7 @@ def make_images(count: int, size: tuple[int, int], seed: int) -> np.ndarray:
     """uint8 (count, H, W, 3) images with structure (smooth fields + texture), deterministic."""
     import torch
 
-    from fidkit.weights import synthetic_images
+    from fidkit.extractors.weights import synthetic_images
 
     h, w = size
     side = max(h, w)
@@ -48,7 +48,7 @@ def layer_inputs_and_outputs(model, x) -> tuple[dict, dict]:
     (``BasicConv2d``) name, a copy of the tensor it was fed and of the tensor it returned."""
     import torch
 
-    from fidkit.inception import BasicConv2d
+    from fidkit.extractors.networks.inception import BasicConv2d
 
     inputs, outputs, hooks = {}, {}, []
     for name, module in model.named_modules():

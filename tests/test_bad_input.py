@@ -167,7 +167,7 @@ def _working_image_case(ctx: Ctx, name: str, data: bytes, reference: Callable[[P
     folder, path = _one_bad(ctx, name, data)
 
     def api() -> None:
-        from fidkit.images import decode_image
+        from fidkit.sources.images import decode_image
 
         got = decode_image(path)
         want = reference(path)
@@ -417,7 +417,7 @@ def case_unreadable_file(ctx: Ctx) -> Prepared:
     bad.chmod(0)
     for p in (ctx.dir, folder):
         p.chmod(0o755)
-    code = ("import sys\nfrom fidkit.images import decode_image\nfrom fidkit.errors import BadImageError\n"
+    code = ("import sys\nfrom fidkit.sources.images import decode_image\nfrom fidkit.errors import BadImageError\n"
             f"try:\n    decode_image({str(bad)!r})\nexcept BadImageError as e:\n"
             "    sys.exit(0 if 'permission denied' in str(e) else 3)\nsys.exit(4)\n")
 
@@ -486,7 +486,7 @@ def case_skip_bad_reports_and_writes_manifest(ctx: Ctx) -> Prepared:
         _check_manifest(m2, folder, bad, stats.meta)
 
     def check() -> None:
-        from fidkit.statsio import load_statistics
+        from fidkit.statistics.statsio import load_statistics
 
         _check_manifest(manifest, folder, bad, load_statistics(out).meta)
 

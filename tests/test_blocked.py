@@ -1,4 +1,4 @@
-"""The default CPU network (fidkit.blocked) gives the reference network's features bit for bit.
+"""The default CPU network (fidkit.extractors.networks.inception_blocked) gives the reference network's features bit for bit.
 
 The reference is the plain module (``nn.Conv2d``, ``nn.BatchNorm2d``, ReLU in NCHW: pytorch-fid's
 operations, whose features tests/test_parity.py holds to the peers'). Checked at every tap, at
@@ -21,7 +21,7 @@ TAPS = ("64", "192", "768", "2048", "logits", "logits_unbiased")
 
 @pytest.fixture(scope="module")
 def model(test_weights):
-    from fidkit.features import load_model
+    from fidkit.extractors.runner import load_model
 
     net, _ = load_model(str(test_weights), outputs=("2048",), device="cpu")
     return net
@@ -29,7 +29,7 @@ def model(test_weights):
 
 @pytest.fixture(scope="module")
 def blocked(model):
-    from fidkit.blocked import blocked_copy
+    from fidkit.extractors.networks.inception_blocked import blocked_copy
 
     return blocked_copy(model)
 
@@ -79,7 +79,7 @@ def test_every_layer_is_bit_identical_on_its_own_input(model, blocked):
     """Each of the 94 convolution + batch norm + ReLU layers, fed the very tensor the reference
     network fed it: the blocked layer (packed weights, batch norm as a depthwise convolution)
     returns the same bits. Localises a failure of the end-to-end check."""
-    from fidkit.blocked import BlockedConv2d
+    from fidkit.extractors.networks.inception_blocked import BlockedConv2d
 
     inputs, outputs = layer_inputs_and_outputs(model, _images(2, seed=7))
     layers = dict(blocked.named_modules())
@@ -120,7 +120,7 @@ def test_batch_norm_is_the_fused_multiply_add_the_blocked_layer_relies_on():
 
 
 def test_self_check_catches_a_one_ulp_change(model):
-    from fidkit.blocked import blocked_copy, check_bit_identical
+    from fidkit.extractors.networks.inception_blocked import blocked_copy, check_bit_identical
 
     other = blocked_copy(model)
     assert check_bit_identical(model, other) is None
@@ -134,15 +134,15 @@ def test_self_check_catches_a_one_ulp_change(model):
 def test_failed_self_check_falls_back_to_the_reference_network(test_weights, tmp_path,
                                                                monkeypatch, capsys):
     import fidkit
-    import fidkit.blocked
+    import fidkit.extractors.networks.inception_blocked
     from conftest import write_folder
-    from fidkit.features import _COPIES, inference_copy, load_model
+    from fidkit.extractors.runner import _COPIES, inference_copy, load_model
 
     folder = write_folder(tmp_path / "f", make_images(4, (40, 40), seed=3))
     kwargs = dict(dims=64, weights=str(test_weights), device="cpu", progress=False, cache=False)
     good = fidkit.compute_statistics(folder, **kwargs)
     assert good.meta["network"] == "blocked"
-    monkeypatch.setattr(fidkit.blocked, "check_bit_identical",
+    monkeypatch.setattr(fidkit.extractors.networks.inception_blocked, "check_bit_identical",
                         lambda *a, **k: "tap 2048 differs from the reference network by up to 1e-07")
     net, _ = load_model(str(test_weights), device="cpu")
     _COPIES.pop(net, None)  # forget this process's verified copy
@@ -157,20 +157,20 @@ def test_failed_self_check_falls_back_to_the_reference_network(test_weights, tmp
 
 
 def test_a_torch_without_the_blocked_ops_runs_the_reference_network(model, monkeypatch, capsys):
-    import fidkit.blocked
+    import fidkit.extractors.networks.inception_blocked
 
     def missing(_model):
         raise AttributeError("module 'torch._C._nn' has no attribute 'mkldnn_reorder_conv2d_weight'")
 
-    monkeypatch.setattr(fidkit.blocked, "blocked_copy", missing)
-    assert fidkit.blocked.verified_blocked_copy(model) is None
+    monkeypatch.setattr(fidkit.extractors.networks.inception_blocked, "blocked_copy", missing)
+    assert fidkit.extractors.networks.inception_blocked.verified_blocked_copy(model) is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be built here (AttributeError" in err
 
 
 def test_blocked_copy_is_memoised_and_follows_reloaded_weights(model, test_weights):
-    from fidkit.features import inference_copy
-    from fidkit.weights import load_state_dict, resolve_weights
+    from fidkit.extractors.runner import inference_copy
+    from fidkit.extractors.weights import load_state_dict, resolve_weights
 
     first = inference_copy(model, "blocked")
     assert first is not model and inference_copy(model, "blocked") is first
@@ -184,7 +184,7 @@ def test_blocked_copy_is_memoised_and_follows_reloaded_weights(model, test_weigh
 
 def test_network_path_reads_the_api_argument():
     from fidkit.errors import UsageError
-    from fidkit.features import network_path
+    from fidkit.extractors.runner import network_path
 
     assert network_path(None, "cpu") == network_path(True, "cpu") == "blocked"
     assert network_path(False, "cpu") == "reference"

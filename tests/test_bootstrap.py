@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fidkit.bootstrap import fid_confidence_interval, fid_infinity, sample_size_report
+from fidkit.distances.bootstrap import fid_confidence_interval, fid_infinity, sample_size_report
 from fidkit.errors import UsageError
 from fidkit.statistics import Statistics
 

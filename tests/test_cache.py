@@ -17,16 +17,16 @@ from conftest import make_images, write_folder
 @pytest.fixture
 def runs(monkeypatch):
     """Counts the passes through the network (every miss runs iter_features once)."""
-    import fidkit.features
+    import fidkit.extractors.runner
 
     calls = []
-    real = fidkit.features.iter_features
+    real = fidkit.extractors.runner.iter_features
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fidkit.features, "iter_features", counting)
+    monkeypatch.setattr(fidkit.extractors.runner, "iter_features", counting)
     return calls
 
 
@@ -119,7 +119,7 @@ def test_cli_no_cache_recomputes(folder, test_weights, tmp_path, runs):
 
 
 def test_corrupt_entry_is_recomputed(folder, test_weights, runs):
-    from fidkit.cache import stats_cache_dir
+    from fidkit.statistics.cache import stats_cache_dir
 
     first = _stats(folder, test_weights)
     (entry,) = stats_cache_dir().glob("*.pkl")

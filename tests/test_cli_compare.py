@@ -59,7 +59,7 @@ def test_folder_vs_stats_equals_folder_vs_folder(folders, test_weights, tmp_path
     # Independent check: the Frechet distance recomputed from the saved statistics with scipy.
     from scipy import linalg
 
-    from fidkit.statsio import load_statistics
+    from fidkit.statistics.statsio import load_statistics
 
     sb = load_statistics(ref)
     sa = __import__("fidkit").compute_statistics(a, dims=64, weights=str(test_weights), workers=0,
@@ -139,7 +139,7 @@ def test_unknown_provenance_refused_then_forced(folders, test_weights, tmp_path,
     ref = tmp_path / "ref.pkl"
     main(["stats", str(b), "-o", str(ref), *common(test_weights)])
     capsys.readouterr()
-    from fidkit.statsio import load_statistics
+    from fidkit.statistics.statsio import load_statistics
 
     s = load_statistics(ref)
     plain = tmp_path / "plain.npz"

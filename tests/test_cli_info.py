@@ -12,7 +12,7 @@ import pytest
 
 from fidkit.cli import main
 from fidkit.statistics import Statistics
-from fidkit.statsio import load_statistics, save_statistics
+from fidkit.statistics.statsio import load_statistics, save_statistics
 
 D = 12
 

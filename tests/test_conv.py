@@ -225,7 +225,7 @@ def test_output_shape_of_layer_objects_matches_forward():
 # -- trace --------------------------------------------------------------------------------------
 
 def test_trace_inception_reproduces_tap_sizes():
-    from fidkit.inception import FIDInceptionV3
+    from fidkit.extractors.networks.inception import FIDInceptionV3
 
     with torch.device("meta"):
         model = FIDInceptionV3(outputs=("2048",))

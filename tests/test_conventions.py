@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fidkit
-from fidkit.frechet import frechet_distance
+from fidkit.distances.frechet import frechet_distance
 from fidkit.preprocess import get_convention
 
 SIZES = [(32, 32), (90, 140), (256, 256)]

@@ -21,13 +21,13 @@ import pytest
 
 from fidkit.errors import InputError
 from fidkit.statistics import Statistics
-from fidkit.statsio import ProvenanceWarning, load_statistics, save_statistics
+from fidkit.statistics.statsio import ProvenanceWarning, load_statistics, save_statistics
 
 from conftest import make_images, write_folder
 
 _STALLING_CHILD = r"""
 import contextlib, os, sys, time
-import fidkit.fileio, fidkit.statsio
+import fidkit.fileio, fidkit.statistics.statsio
 ready, out, argv = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3:]
 real = fidkit.fileio.atomic_writer
 
@@ -53,7 +53,7 @@ def stalling_writer(path, **kw):
         # only OUT stalls; other files (the folder-statistics cache) are written normally
         yield Stalling(handle) if os.path.abspath(path) == out else handle
 
-fidkit.statsio.atomic_writer = stalling_writer
+fidkit.statistics.statsio.atomic_writer = stalling_writer
 from fidkit.cli import main
 sys.exit(main(argv))
 """

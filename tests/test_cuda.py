@@ -34,14 +34,14 @@ def rel(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def batch():
-    from fidkit.weights import synthetic_images
+    from fidkit.extractors.weights import synthetic_images
 
     return synthetic_images(16, size=256, generator=torch.Generator().manual_seed(11))
 
 
 @pytest.fixture(scope="module")
 def float64_truth(test_weights, batch):
-    from fidkit.features import load_model
+    from fidkit.extractors.runner import load_model
     from fidkit.preprocess import get_convention
 
     model, _ = load_model(str(test_weights), outputs=TAPS, device="cpu", progress=False)
@@ -63,7 +63,7 @@ def tf32_on():
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_cuda_features_are_fp32_even_when_tf32_is_on(test_weights, float64_truth, tf32_on, fast):
-    from fidkit.features import fast_layout, fp32_numerics, inference_copy, load_model
+    from fidkit.extractors.runner import fast_layout, fp32_numerics, inference_copy, load_model
 
     x, truth, cpu_err = float64_truth
     model, _ = load_model(str(test_weights), outputs=TAPS, device="cuda", progress=False)
@@ -128,7 +128,7 @@ def test_cuda_folder_statistics_match_cpu(test_weights, tmp_path, tf32_on, conve
 
 def test_cuda_exact_path_matches_pytorch_fid_on_card(test_weights, batch):
     pfi = pytest.importorskip("pytorch_fid.inception")
-    from fidkit.features import fp32_numerics, load_model
+    from fidkit.extractors.runner import fp32_numerics, load_model
     from fidkit.preprocess import get_convention
 
     state = torch.load(test_weights, weights_only=True)

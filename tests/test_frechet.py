@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fidkit.errors import UsageError
-from fidkit.frechet import (
+from fidkit.distances.frechet import (
     clear_factor_cache,
     covariance_factor,
     frechet,
@@ -119,7 +119,7 @@ def test_cached_reference_factor_is_reused_and_refreshed():
     gen = Statistics(np.ones(d), np.cov(rng.standard_normal((100, d)), rowvar=False), 100)
     clear_factor_cache()
     first = frechet(gen, ref).value
-    import fidkit.frechet as core
+    import fidkit.distances.frechet as core
 
     calls = []
     original = core.covariance_factor
@@ -189,7 +189,7 @@ def test_factor_reconstructs_the_covariance_at_its_rank():
 
 def test_triangular_product_equals_the_general_one():
     # Full-rank Cholesky factors are multiplied with dtrmm; the general product is the reference.
-    from fidkit.frechet import _Numpy
+    from fidkit.distances.frechet import _Numpy
 
     rng = np.random.default_rng(7)
     d = 200
@@ -206,7 +206,7 @@ def test_gram_shortcut_skip_changes_route_cost_not_value(monkeypatch):
     # An ill-conditioned pair (condition 1e12) is recognised before the Gram eigenvalues are
     # formed; the value equals the one reached by trying Gram first and falling back, and the
     # closed form; a well-conditioned pair is not skipped.
-    import fidkit.frechet as frechet_module
+    import fidkit.distances.frechet as frechet_module
 
     rng = np.random.default_rng(3)
     d = 256

@@ -71,7 +71,7 @@ def scratch():
 
 def _stats_seeds() -> dict[str, bytes]:
     from fidkit.statistics import Statistics
-    from fidkit.statsio import save_statistics
+    from fidkit.statistics.statsio import save_statistics
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 6))
@@ -131,7 +131,7 @@ _NO_UNRAISABLE = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExcep
 @example(case=_bad_length_pickle())
 def test_fuzz_stats_loader(scratch, case):
     from fidkit.statistics import Statistics
-    from fidkit.statsio import load_statistics
+    from fidkit.statistics.statsio import load_statistics
 
     name, data = case
     path = scratch / name
@@ -198,7 +198,7 @@ IMAGE_SEEDS = _image_seeds()
 @FUZZ
 @given(case=_inputs(IMAGE_SEEDS))
 def test_fuzz_image_reader(scratch, case):
-    from fidkit.images import decode_image
+    from fidkit.sources.images import decode_image
 
     name, data = case
     path = scratch / name

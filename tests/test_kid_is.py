@@ -10,8 +10,8 @@ import torch
 
 import fidkit
 from conftest import make_images, write_folder
-from fidkit.inception_score import inception_score
-from fidkit.kid import kid
+from fidkit.distances.inception_score import inception_score
+from fidkit.distances.kid import kid
 
 
 def close(ours: float, theirs: float, tol: float) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fidkit
-from fidkit.frechet import frechet_distance
+from fidkit.distances.frechet import frechet_distance
 
 TAPS = ("64", "192", "768", "2048")
 
@@ -40,7 +40,7 @@ def pytorch_fid_model_factory(test_weights):
 
 @pytest.fixture(scope="module")
 def fidkit_model(test_weights):
-    from fidkit.features import load_model
+    from fidkit.extractors.runner import load_model
 
     model, _ = load_model(str(test_weights), outputs=TAPS, device="cpu")
     return model
@@ -93,7 +93,7 @@ def _pytorch_fid_stats(folder, model, dims):
 
 #: (statistics, FID) relative tolerances against the peer's features run through the same
 #: Frechet function. ``exact`` (``fast=False``, the CLI's ``--exact``) runs pytorch-fid's float32
-#: operations in order; the default (the blocked network on the CPU, fidkit.blocked) gives the
+#: operations in order; the default (the blocked network on the CPU, fidkit.extractors.networks.inception_blocked) gives the
 #: same bits, so it is held to the same tolerance. The opt-in folded network (``--fold-bn``)
 #: differs by float32 rounding, which the deep random test layers amplify to 1.1-1.4e-4 on sigma
 #: (whose entries are small: features vary by ~0.1 around 0.4), measured;

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from fidkit.errors import InputError, StatsFileError
-from fidkit.frechet import frechet_distance
+from fidkit.distances.frechet import frechet_distance
 from fidkit.statistics import Statistics
-from fidkit.statsio import (
+from fidkit.statistics.statsio import (
     ProvenanceWarning,
     check_statistics,
     detect_format,
@@ -468,7 +468,7 @@ def test_check_statistics_against_numpy(tmp_path):
 
 
 def test_unknown_provenance_reaches_the_comparability_check(tmp_path):
-    from fidkit.provenance import differences
+    from fidkit.statistics.provenance import differences
 
     x = _features(90)
     np.savez(tmp_path / "cifar10_legacy_tensorflow_train_32.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))

@@ -29,7 +29,7 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def model(test_weights):
-    from fidkit.features import load_model
+    from fidkit.extractors.runner import load_model
 
     net, _ = load_model(str(test_weights), outputs=("2048",), device="cpu")
     return net
@@ -38,8 +38,8 @@ def model(test_weights):
 def test_fold_one_layer_matches_torch_fusion():
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    from fidkit.features import fold_batchnorm
-    from fidkit.inception import FIDInceptionV3
+    from fidkit.extractors.runner import fold_batchnorm
+    from fidkit.extractors.networks.inception import FIDInceptionV3
 
     torch.manual_seed(0)
     net = FIDInceptionV3(outputs=("64",))
@@ -60,7 +60,7 @@ def test_fold_one_layer_matches_torch_fusion():
 
 
 def test_inference_copy_matches_plain_network_at_every_output(model):
-    from fidkit.features import inference_copy
+    from fidkit.extractors.runner import inference_copy
     from fidkit.preprocess import get_convention
 
     conv = get_convention("tf1")
@@ -93,7 +93,7 @@ def test_every_fast_block_equals_the_plain_block_on_the_same_input(model):
     plain network fed it. Held to 1e-5 at every one of the 94 blocks; the end-to-end pool_3
     difference is this per-block rounding grown through the depth, as it grows for the plain
     float32 network against float64 (benchmarks/rounding.py)."""
-    from fidkit.features import inference_copy
+    from fidkit.extractors.runner import inference_copy
     from fidkit.preprocess import get_convention
 
     conv = get_convention("tf1")
@@ -113,8 +113,8 @@ def test_every_fast_block_equals_the_plain_block_on_the_same_input(model):
 
 
 def test_inference_copy_follows_reloaded_weights(model, test_weights):
-    from fidkit.features import inference_copy
-    from fidkit.weights import load_state_dict, resolve_weights
+    from fidkit.extractors.runner import inference_copy
+    from fidkit.extractors.weights import load_state_dict, resolve_weights
 
     first = inference_copy(model)
     assert inference_copy(model) is first  # memoised
@@ -131,7 +131,7 @@ def test_inference_copy_follows_reloaded_weights(model, test_weights):
 
 
 def test_folder_fast_path_equals_plain_path_and_workers_agree(model, tmp_path):
-    from fidkit.features import iter_features
+    from fidkit.extractors.runner import iter_features
     from fidkit.preprocess import get_convention
     from fidkit.sources import FolderSource
 
@@ -164,7 +164,7 @@ def test_compute_statistics_default_path_matches_plain_features(test_weights, tm
     network's features fed to numpy's mean and covariance, and against the API's own exact run
     (the same bits, so the same statistics); the provenance says which network ran."""
     import fidkit
-    from fidkit.features import iter_features, load_model
+    from fidkit.extractors.runner import iter_features, load_model
     from fidkit.preprocess import get_convention
     from fidkit.sources import FolderSource
 
@@ -194,7 +194,7 @@ def test_decoding_threads_stop_when_the_consumer_stops(test_weights, tmp_path):
     behind, and every batch comes out in the source's order."""
     import threading
 
-    from fidkit.features import _batches, _Prepared
+    from fidkit.extractors.runner import _batches, _Prepared
     from fidkit.preprocess import get_convention
     from fidkit.sources import FolderSource
 
@@ -214,7 +214,7 @@ def test_batched_device_preprocessing_equals_per_image(name):
     """What a CUDA run does (decoded images stacked by size, resized in one call, put back in
     order) gives exactly the per-image CPU preprocessing; run here on the CPU, where the
     arithmetic is the same elementwise float32 operations (tests/test_cuda.py runs it on a card)."""
-    from fidkit.features import _collate, _device_batch
+    from fidkit.extractors.runner import _collate, _device_batch
     from fidkit.preprocess import get_convention
 
     convention = get_convention(name)
@@ -236,7 +236,7 @@ def test_decode_only_threads_give_the_same_statistics_and_skip_bad_files(test_we
     """The CUDA pipeline's shape (threads only decode; resize batched after) forced on the CPU:
     same statistics as the per-image path, in order, with a broken file skipped or reported."""
     import fidkit
-    import fidkit.features as features
+    import fidkit.extractors.runner as features
     from fidkit.errors import BadImageError
     from PIL import Image
 

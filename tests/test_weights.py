@@ -13,7 +13,7 @@ import torch
 
 from fidkit.defaults import FID_WEIGHTS, WeightsSpec
 from fidkit.errors import WeightsError
-from fidkit.weights import cache_dir, resolve_weights
+from fidkit.extractors.weights import cache_dir, resolve_weights
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -118,7 +118,7 @@ def test_env_variable_points_at_weights(test_weights, monkeypatch):
 
 
 def test_wrong_architecture_is_refused(tmp_path, test_weights):
-    from fidkit.features import load_model
+    from fidkit.extractors.runner import load_model
 
     bad = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, bad)

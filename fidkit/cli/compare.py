@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = _metrics(args.metrics)
     from fidkit.api import as_statistics, check_comparable, is_stats_path
     from fidkit.errors import UsageError
-    from fidkit.frechet import frechet
+    from fidkit.distances.frechet import frechet
 
     from pathlib import Path
 
@@ -123,7 +123,7 @@ def _fmt(value: Any) -> str:
 
 
 def _sample_size(args: argparse.Namespace, sa: Any, sb: Any) -> dict[str, Any]:
-    from fidkit.bootstrap import sample_size_report
+    from fidkit.distances.bootstrap import sample_size_report
 
     features = getattr(sa, "features", None)
     ref = getattr(sb, "features", None)

@@ -24,13 +24,13 @@ def compute_extra(args: argparse.Namespace, metrics: list[str],
     sb = as_statistics(args.b, keep_features=want_kid, **kwargs)
     extra: dict[str, Any] = {}
     if want_kid:
-        from fidkit.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kid
+        from fidkit.distances.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kid
 
         size = min(DEFAULT_SUBSET_SIZE, sa.n, sb.n)
         result = kid(sa.features, sb.features, subset_size=size, subsets=DEFAULT_SUBSETS)
         extra["kid"] = {**result.to_dict(), "subset_size": size, "subsets": DEFAULT_SUBSETS}
     if "is" in metrics:
-        from fidkit.inception_score import DEFAULT_SPLITS, inception_score
+        from fidkit.distances.inception_score import DEFAULT_SPLITS, inception_score
 
         splits = min(DEFAULT_SPLITS, sa.n)
         result = inception_score(sa.outputs["logits_unbiased"], splits=splits)

@@ -182,7 +182,7 @@ def _trace(args: argparse.Namespace) -> Any:
 
     if args.model == "inception":
         from fidkit.defaults import INPUT_SIZE
-        from fidkit.inception import FIDInceptionV3
+        from fidkit.extractors.networks.inception import FIDInceptionV3
 
         with torch.device("meta"):
             model = FIDInceptionV3(outputs=("2048",))

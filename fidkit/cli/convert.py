@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fidkit.cli.common import note
     from fidkit.errors import UsageError
-    from fidkit.statsio import ProvenanceWarning, load_statistics, save_statistics
+    from fidkit.statistics.statsio import ProvenanceWarning, load_statistics, save_statistics
 
     src, dst = Path(args.input), Path(args.output)
     if dst.suffix.lower() in (".pt", ".pth"):

@@ -21,7 +21,7 @@ def describe(path: str) -> dict[str, Any]:
     """The report ``fidkit info`` prints, as a JSON-able dict (``ok`` false when not sane)."""
     import warnings
 
-    from fidkit.statsio import ProvenanceWarning, check_statistics, load_statistics
+    from fidkit.statistics.statsio import ProvenanceWarning, check_statistics, load_statistics
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProvenanceWarning)

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from fidkit.weights import resolve_weights
+    from fidkit.extractors.weights import resolve_weights
 
     resolved = resolve_weights(None)
     print(f"{resolved.path} (SHA-256 {resolved.sha256}, verified)")
@@ -35,7 +35,7 @@ def _where(args: argparse.Namespace) -> int:
 
     from fidkit.cli.common import emit_json
     from fidkit.defaults import FID_WEIGHTS, WEIGHTS_ENV
-    from fidkit.weights import cache_dir, file_sha256
+    from fidkit.extractors.weights import cache_dir, file_sha256
 
     target = cache_dir() / FID_WEIGHTS.filename
     env = os.environ.get(WEIGHTS_ENV)
@@ -58,7 +58,7 @@ def _make_test(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fidkit.errors import InputError
-    from fidkit.weights import make_test_weights
+    from fidkit.extractors.weights import make_test_weights
 
     if Path(args.file).exists() and not args.overwrite:
         raise InputError(f"{args.file} exists; pass --overwrite to replace it")

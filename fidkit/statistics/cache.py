@@ -15,7 +15,7 @@ worker count and device are not in the key: they move features only by float32 r
 not part of the statistics' provenance either. Inputs that are not folders (arrays, tensors) and
 requests for per-image features, extra outputs or a manifest are never cached.
 
-Entries are fidkit ``.pkl`` stats files (:mod:`fidkit.statsio`, restricted unpickler) under
+Entries are fidkit ``.pkl`` stats files (:mod:`fidkit.statistics.statsio`, restricted unpickler) under
 ``$FIDKIT_CACHE/stats/``, else ``$XDG_CACHE_HOME/fidkit/stats/`` (``~/.cache/fidkit/stats/``),
 written atomically. Deleting the folder is always safe.
 """
@@ -50,7 +50,7 @@ def stats_cache_dir() -> Path:
 
 def folder_fingerprint(folder: Path, *, recursive: bool, dicom: bool) -> list[tuple[str, int, int]]:
     """``(relative path, size in bytes, mtime in ns)`` of every file the pipeline would read from
-    ``folder``, sorted by relative path: the image files (see :func:`fidkit.images.list_images`)
+    ``folder``, sorted by relative path: the image files (see :func:`fidkit.sources.images.list_images`)
     or, for a DICOM folder, every non-hidden file below it. Raises :class:`InputError`."""
     if dicom:
         files = []
@@ -59,7 +59,7 @@ def folder_fingerprint(folder: Path, *, recursive: bool, dicom: bool) -> list[tu
             files += [Path(top) / n for n in names if not n.startswith(".")]
         files.sort(key=lambda p: p.relative_to(folder).as_posix())
     else:
-        from fidkit.images import list_images
+        from fidkit.sources.images import list_images
 
         files = list_images(folder, recursive=recursive)
     out = []
@@ -87,7 +87,7 @@ class CacheEntry:
         """The cached statistics, or None (absent, unreadable or not matching: recomputed)."""
         if not self.path.is_file():
             return None
-        from fidkit.statsio import load_statistics
+        from fidkit.statistics.statsio import load_statistics
 
         try:
             # The full positive-semi-definite check costs seconds at 2048 dims; this file was
@@ -107,7 +107,7 @@ class CacheEntry:
     def save(self, stats: Statistics) -> None:
         """Store ``stats`` unless the folder changed while they were computed. Never raises for a
         cache that cannot be written (a read-only home must not fail the run)."""
-        from fidkit.statsio import save_statistics
+        from fidkit.statistics.statsio import save_statistics
 
         now = _fingerprint_or_none(self.folder, self.fields)
         if now != self.fields["files"]:
@@ -137,7 +137,7 @@ def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursiv
     ``source`` is not a folder path (or a torch.distributed group is running).
 
     Resolves the weights (hashing the file, ~0.3 s for the canonical one; downloading it if it is
-    nowhere, as the computation would): raises what :func:`fidkit.weights.resolve_weights` raises.
+    nowhere, as the computation would): raises what :func:`fidkit.extractors.weights.resolve_weights` raises.
     """
     if not isinstance(source, (str, os.PathLike)):
         return None
@@ -148,7 +148,7 @@ def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursiv
     if dist is not None and dist.is_available() and dist.is_initialized():
         return None  # each rank sees only its shard; the merged result is not worth the risk
     from fidkit.sources import _is_dicom_folder
-    from fidkit.weights import resolve_weights
+    from fidkit.extractors.weights import resolve_weights
 
     kind = "dicom" if _is_dicom_folder(folder) else "folder"
     dicom_meta = None

@@ -203,7 +203,7 @@ def make_test_weights(path: str | os.PathLike, seed: int = 0, calibration_images
     """
     import torch
 
-    from fidkit.inception import FIDInceptionV3
+    from fidkit.extractors.networks.inception import FIDInceptionV3
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

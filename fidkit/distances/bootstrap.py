@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from fidkit.errors import UsageError
-from fidkit.frechet import CovarianceFactor, covariance_factor, frechet_from_moments
+from fidkit.distances.frechet import CovarianceFactor, covariance_factor, frechet_from_moments
 from fidkit.statistics import Statistics, StatisticsAccumulator
 
 Reference = Union[Statistics, np.ndarray, Any]

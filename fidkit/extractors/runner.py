@@ -8,7 +8,7 @@ Three ways to run the same network (:data:`NETWORK_PATHS`, picked by :func:`netw
   CLI's ``--exact``, ``fast=False``; the default on CUDA, where nothing faster measured faster
   at equal numerics (benchmarks/RESULTS.md).
 * ``"blocked"``: the default on the CPU. The same convolution kernels on the same data, without
-  the reorders around them (:mod:`fidkit.blocked`): features bit-identical to ``"reference"``,
+  the reorders around them (:mod:`fidkit.extractors.networks.inception_blocked`): features bit-identical to ``"reference"``,
   checked once per process on the machine itself (it falls back to ``"reference"`` otherwise).
 * ``"folded"``: batch norm folded into the convolutions, in the layout its device's fp32 kernels
   are fastest in (:func:`fast_layout`). Opt-in (``--fold-bn``, ``fast="folded"``): its CPU
@@ -37,10 +37,10 @@ import torch
 
 from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE
 from fidkit.errors import BadImageError, FidkitError, UsageError
-from fidkit.inception import BasicConv2d, FIDInceptionV3
+from fidkit.extractors.networks.inception import BasicConv2d, FIDInceptionV3
 from fidkit.preprocess import Convention
 from fidkit.sources import Source
-from fidkit.weights import ResolvedWeights, load_state_dict, resolve_weights
+from fidkit.extractors.weights import ResolvedWeights, load_state_dict, resolve_weights
 
 _MODELS: dict[tuple, FIDInceptionV3] = {}
 
@@ -55,7 +55,7 @@ def network_path(fast: bool | str | None, device: torch.device | str) -> str:
     """The network to run on ``device`` for the API's ``fast`` argument: False is
     ``"reference"``; ``"folded"`` is ``"folded"``; None or True (the default) is ``"blocked"`` on
     a CPU with oneDNN and ``"reference"`` elsewhere. Raises UsageError for other values."""
-    from fidkit.blocked import blocked_supported
+    from fidkit.extractors.networks.inception_blocked import blocked_supported
 
     if fast is None or fast is True:
         return "blocked" if blocked_supported(device) else "reference"
@@ -140,7 +140,7 @@ def inference_copy(model: FIDInceptionV3, path: str = "folded") -> FIDInceptionV
     """The network :func:`iter_features` runs for ``path`` (:data:`NETWORK_PATHS`): ``model``
     itself for ``"reference"``; for ``"folded"``, batch norm folded, weights in
     :func:`fast_layout` for the model's device (feed it inputs in that layout); for
-    ``"blocked"``, :func:`fidkit.blocked.verified_blocked_copy` (dense NCHW input), or ``model``
+    ``"blocked"``, :func:`fidkit.extractors.networks.inception_blocked.verified_blocked_copy` (dense NCHW input), or ``model``
     itself where that check failed.
 
     Memoised on ``model`` and rebuilt when any of its tensors changed in place (``load_weights``
@@ -164,7 +164,7 @@ def inference_copy(model: FIDInceptionV3, path: str = "folded") -> FIDInceptionV
         if path == "folded":
             fast = fold_batchnorm(model).to(memory_format=fast_layout(first.device))
         elif path == "blocked":
-            from fidkit.blocked import verified_blocked_copy
+            from fidkit.extractors.networks.inception_blocked import verified_blocked_copy
 
             fast = verified_blocked_copy(model)
         else:

@@ -13,7 +13,7 @@ import numpy as np
 
 from fidkit.defaults import ARRAY_SUFFIXES
 from fidkit.errors import InputError
-from fidkit.images import as_nhwc_uint8, decode_image, file_list_digest, list_images, load_image_array
+from fidkit.sources.images import as_nhwc_uint8, decode_image, file_list_digest, list_images, load_image_array
 
 
 class Source(Protocol):

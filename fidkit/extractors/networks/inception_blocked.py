@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fidkit.inception import BasicConv2d, FIDInceptionV3
+from fidkit.extractors.networks.inception import BasicConv2d, FIDInceptionV3
 
 
 def blocked_supported(device: torch.device | str) -> bool:
@@ -82,7 +82,7 @@ def _pack(weight: torch.Tensor, padding, stride, groups: int) -> torch.Tensor:
 
 
 class BlockedConv2d(nn.Module):
-    """A :class:`~fidkit.inception.BasicConv2d` (convolution, batch norm, ReLU) on blocked
+    """A :class:`~fidkit.extractors.networks.inception.BasicConv2d` (convolution, batch norm, ReLU) on blocked
     tensors: takes an opaque ``mkldnn`` tensor (or a dense NCHW one, reordered on entry) and
     returns an opaque one with the same values as the plain module's output."""
 

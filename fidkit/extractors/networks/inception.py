@@ -44,10 +44,10 @@ class BasicConv2d(nn.Module):
 
 
 def _cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Channel concatenation (of the blocked network's opaque tensors too: fidkit.blocked)."""
+    """Channel concatenation (of the blocked network's opaque tensors too: fidkit.extractors.networks.inception_blocked)."""
     if not any(t.is_mkldnn for t in parts):
         return torch.cat(parts, 1)
-    from fidkit.blocked import concat_blocked
+    from fidkit.extractors.networks.inception_blocked import concat_blocked
 
     return concat_blocked(parts)
 

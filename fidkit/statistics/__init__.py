@@ -20,7 +20,7 @@ ArrayLike = Union[np.ndarray, "torch.Tensor"]  # noqa: F821
 @dataclass
 class Statistics:
     """Summary of a feature set: ``mu`` (d,) and ``sigma`` (d, d) float64, ``n`` samples,
-    and ``meta``, a dict of provenance (see :mod:`fidkit.provenance`).
+    and ``meta``, a dict of provenance (see :mod:`fidkit.statistics.provenance`).
 
     ``sigma`` is the unbiased sample covariance (divided by n - 1), as every FID tool uses.
     """
@@ -47,14 +47,14 @@ class Statistics:
 
     def save(self, path: str, *, overwrite: bool = True) -> None:
         """Write to ``path`` atomically; ``.npz`` is pytorch-fid readable, anything else a pickle."""
-        from fidkit.statsio import save_statistics
+        from fidkit.statistics.statsio import save_statistics
 
         save_statistics(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str) -> "Statistics":
-        """Read a stats file safely (no code from the file ever runs); see :mod:`fidkit.statsio`."""
-        from fidkit.statsio import load_statistics
+        """Read a stats file safely (no code from the file ever runs); see :mod:`fidkit.statistics.statsio`."""
+        from fidkit.statistics.statsio import load_statistics
 
         return load_statistics(path)
 

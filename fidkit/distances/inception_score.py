@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fidkit.errors import UsageError
-from fidkit.kid import MeanStd
+from fidkit.distances.kid import MeanStd
 
 DEFAULT_SPLITS = 10
 DEFAULT_SEED = 2020
