@@ -12,6 +12,7 @@ EXIT_INTERNAL = 1  # a bug in fidkit: please report it
 EXIT_USAGE = 2  # bad arguments or bad input (files, folders, stats files)
 EXIT_WEIGHTS = 3  # the network weights could not be had (offline, bad hash)
 EXIT_MISMATCH = 4  # the two sides were made differently (refused without --force)
+EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint: rerun to resume
 EXIT_INTERRUPTED = 130
 
 
@@ -45,6 +46,13 @@ class WeightsError(FidkitError):
     """The Inception weights are missing, corrupted, or of the wrong architecture."""
 
     exit_code = EXIT_WEIGHTS
+
+
+class PreemptedError(FidkitError):
+    """A long run stopped by SIGTERM or SIGUSR1 (e.g. SLURM pre-emption) after writing its
+    checkpoint; the same command resumes it (exit code 75, EX_TEMPFAIL of sysexits.h)."""
+
+    exit_code = EXIT_PREEMPTED
 
 
 class ProvenanceMismatchError(FidkitError):

@@ -15,6 +15,7 @@ the peers can read the file, so numbers match):
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -100,20 +101,27 @@ def file_list_digest(files: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def decode_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode one file to uint8 (H, W, 3) RGB. Raises :class:`BadImageError` naming the file."""
+def decode_image(path: str | os.PathLike, *, data: bytes | None = None) -> np.ndarray:
+    """Decode one file to uint8 (H, W, 3) RGB. Raises :class:`BadImageError` naming the file.
+
+    With ``data`` the image is decoded from those bytes (an archive member) and ``path`` is only
+    its name in messages; the rules and the errors are the same."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    path = Path(path) if data is None else path
+
+    def opened():
+        return Image.open(path if data is None else io.BytesIO(data))
+
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with opened() as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise Image.DecompressionBombError("too many pixels")
                 if img.format == "PNG" and _png16_rgb_rawmode(img) is not None:
-                    return _decode_png16_rgb(img, path)
+                    return _decode_png16_rgb(img, path, opened)
                 img.load()
                 return _to_rgb8(img, path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -168,20 +176,19 @@ def _png16_rgb_rawmode(img) -> str | None:
     return rawmode if rawmode in ("RGB;16B", "RGBA;16B") else None
 
 
-def _decode_png16_rgb(img, path: Path) -> np.ndarray:
+def _decode_png16_rgb(img, path: Path, opened) -> np.ndarray:
     """A 16-bit RGB(A) PNG to uint8 with round(v * 255 / 65535), through PIL's own decoder run
-    twice: once keeping each sample's high byte, once (read as little-endian) its low byte.
+    twice (``opened()`` opens the image again): once keeping each sample's high byte, once (read
+    as little-endian) its low byte.
 
     torchvision's decode_png would give the 16 bits at once, but it crashes the process
     (SIGSEGV) on a corrupted file instead of raising, so it is not used for untrusted input.
     """
-    from PIL import Image
-
     rawmode = _png16_rgb_rawmode(img)
     low_rawmode = rawmode.replace(";16B", ";16L")
     img.load()
     high = np.asarray(img)
-    with Image.open(path) as again:
+    with opened() as again:
         tile = again.tile[0]
         args = low_rawmode if isinstance(tile.args, str) else (low_rawmode, *tile.args[1:])
         again.tile = [tile._replace(args=args)]
