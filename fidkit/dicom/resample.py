@@ -17,7 +17,7 @@ Convention (the one fidkit's notes use, so that "300 slices 0.9 mm apart at 1 mm
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -29,6 +29,9 @@ MAX_AXIS_COUNT = 16384
 MAX_VOXELS = 1 << 28
 #: Spacings growing by more than this factor are low-pass filtered first.
 ANTIALIAS_FACTOR = 1.5
+#: Slice positions and spacings are rounded to this (mm) before resampling: 10 nm, far below any
+#: scanner's precision and far above the rounding of DICOM decimal strings and NIfTI float32.
+GEOMETRY_DECIMALS = 5
 
 
 def resample(
@@ -69,17 +72,15 @@ def resample(
     for axis, target in enumerate(spacing):
         if target is None:
             continue
-        step = float(volume.spacing[axis])
+        step = _snap(float(volume.spacing[axis]))
         n = array.shape[axis]
         if axis == 0 and n == 1:
             continue  # one slice is a 2-D image: its stored thickness must not make copies of it
         if axis == 0:
-            source = positions - positions[0]
+            source = _snap(positions - positions[0])
         else:
             source = np.arange(n, dtype=np.float64) * step
-        slots = int(round((source[-1] - source[0]) / step)) + 1 if n > 1 else 1
-        extent = slots * step
-        count = max(1, int(round(extent / target)))
+        extent, count = _new_count(source, step, target)
         others = array.size // max(1, n)
         if count > MAX_AXIS_COUNT or count * others > MAX_VOXELS:
             # A hostile or broken file (one slice at z = 1e9) must not make us allocate terabytes.
@@ -100,6 +101,50 @@ def resample(
     return volume.replace(
         array=array, spacing=tuple(new_spacing), positions=positions, origin=origin,
     )
+
+
+def resampled_shape(volume: Volume, spacing: Sequence[Optional[float]] | None) -> tuple[int, int, int]:
+    """The ``(z, y, x)`` shape :func:`resample` gives, from the geometry alone (no voxel is read).
+
+    Raises:
+        UsageError: as :func:`resample`.
+    """
+    shape = list(volume.shape)
+    if spacing is None:
+        return tuple(shape)  # type: ignore[return-value]
+    if len(spacing) != 3:
+        raise UsageError(f"spacing must give 3 values (z, y, x) in mm, got {list(spacing)}")
+    for axis, target in enumerate(spacing):
+        n = shape[axis]
+        if target is None or (axis == 0 and n == 1):
+            continue
+        step = _snap(float(volume.spacing[axis]))
+        source = (_snap(np.asarray(volume.positions, dtype=np.float64) - float(volume.positions[0])) if axis == 0
+                  else np.arange(n, dtype=np.float64) * step)
+        shape[axis] = _new_count(source, step, float(target))[1]
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def _snap(mm: Any) -> Any:
+    """Round geometry (mm) to :data:`GEOMETRY_DECIMALS` decimals (10 nm).
+
+    DICOM stores positions and spacings as decimal strings and NIfTI as float32, so the same
+    geometry arrives with differences of ~1e-6 mm; unsnapped, they move interpolation weights by
+    ~1e-7 and flip an occasional uint8 after windowing, and the two files would not give the same
+    slices.
+    """
+    # rounding to decimals (divide by 10**5) keeps values like 0.75 exact; multiplying by 1e-5 would not
+    if isinstance(mm, np.ndarray):
+        return np.round(mm.astype(np.float64), GEOMETRY_DECIMALS)
+    return round(float(mm), GEOMETRY_DECIMALS)
+
+
+def _new_count(source: np.ndarray, step: float, target: float) -> tuple[float, int]:
+    """(extent in mm, new sample count) of an axis sampled at ``source`` mm, median ``step``."""
+    n = len(source)
+    slots = int(round((source[-1] - source[0]) / step)) + 1 if n > 1 else 1
+    extent = slots * step
+    return extent, max(1, int(round(extent / target)))
 
 
 def _weights(source: np.ndarray, new: np.ndarray, order: int, sigma: float) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -76,7 +76,8 @@ class DicomOptions:
             keeps everything. Default ``(1.0, None, None)``: slices 1 mm apart, pixels as stored.
         window: a preset name (``"lung"``, ``"soft_tissue"``, ...), ``"file"`` (each series' own
             first WindowCenter/WindowWidth) or ``(center, width)`` in modality units (HU for CT).
-        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        axis: ``"axial"``, ``"coronal"``, ``"sagittal"`` or ``"all"`` (the three planes of every
+            volume, in that order).
         slices: selection spec: ``"all"``, ``"central:F"``, ``"every:K"``, or ``"central:F,every:K"``.
     """
 
@@ -90,8 +91,8 @@ class DicomOptions:
         from fidkit.dicom.slices import AXES, parse_selection
         from fidkit.dicom.window import resolve_window
 
-        if self.axis not in AXES:
-            raise UsageError(f"unknown axis {self.axis!r}; use axial, coronal or sagittal")
+        if self.axis not in AXES + ("all",):
+            raise UsageError(f"unknown axis {self.axis!r}; use axial, coronal, sagittal or all")
         parse_selection(self.slices)
         if not (isinstance(self.window, str) and self.window.strip().lower() == "file"):
             resolve_window(self.window, None)
@@ -138,7 +139,7 @@ class DicomOptions:
         * ``spacing``: ``1.0`` (z only), ``1.0,0.8,0.8`` (z,y,x; ``keep`` for an axis) or ``keep``.
         * ``window``: ``LOW,HIGH`` value range (``-1000,1000``), ``CENTER/WIDTH`` (``40/400``), a
           preset name or ``file``.
-        * ``axis``: ``axial``, ``coronal``, ``sagittal``.
+        * ``axis``: ``axial``, ``coronal``, ``sagittal``, ``all``.
         * ``slices``: ``all``, ``central:0.5``, ``every:4``, ``central:0.5,every:2``.
 
         Raises:
@@ -210,6 +211,14 @@ class _Item:
     volume: int
     array_axis: int
     index: int
+    plane: str
+
+
+def planes_of(axis: str) -> tuple[str, ...]:
+    """The display planes an ``axis`` option stands for (``"all"``: axial, coronal, sagittal)."""
+    from fidkit.dicom.slices import AXES
+
+    return AXES if axis == "all" else (axis,)
 
 
 class DicomSource:
@@ -251,8 +260,9 @@ class DicomSource:
         ]
         self._items: list[_Item] = []
         for n, v in enumerate(self.volumes):
-            a = cut_axis(v, self.options.axis)
-            self._items += [_Item(n, a, k) for k in select_indices(v.array.shape[a], self.options.slices)]
+            for plane in planes_of(self.options.axis):
+                a = cut_axis(v, plane)
+                self._items += [_Item(n, a, k, plane) for k in select_indices(v.array.shape[a], self.options.slices)]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -268,7 +278,7 @@ class DicomSource:
 
         item = self._item(i)
         center, width = self._windows[item.volume]
-        return render(self.volumes[item.volume], item.array_axis, item.index, self.options.axis, center, width)
+        return render(self.volumes[item.volume], item.array_axis, item.index, item.plane, center, width)
 
     def item_name(self, i: int) -> str:
         """E.g. ``series 1.2.3 slice 12 (z=-34.5 mm)``: the series, slice index and its position."""
@@ -279,7 +289,7 @@ class DicomSource:
             where = f"z={v.positions[item.index]:.1f} mm"
         else:
             where = f"{item.index * v.spacing[item.array_axis]:.1f} mm from the first voxel"
-        return f"series {v.series_uid}{label} {self.options.axis} slice {item.index} ({where})"
+        return f"series {v.series_uid}{label} {item.plane} slice {item.index} ({where})"
 
     def short_name(self, i: int) -> str:
         """A montage label: volume number, slice index and position, e.g. ``v0 #12 z=-34.5``."""
@@ -287,7 +297,7 @@ class DicomSource:
         v = self.volumes[item.volume]
         if item.array_axis == 0:
             return f"v{item.volume} #{item.index} z={v.positions[item.index]:.1f}"
-        return f"v{item.volume} #{item.index} {self.options.axis}"
+        return f"v{item.volume} #{item.index} {item.plane}"
 
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance: kind, path, series/volume counts, slices, skipped files, warnings."""
@@ -308,3 +318,235 @@ class DicomSource:
             ],
             "options": self.options.to_meta(),
         }
+
+
+# ------------------------------------------------------------------------------ volume datasets
+@dataclass
+class _Entry:
+    """One volume of a dataset: its name, where it comes from, and its geometry (no voxels)."""
+
+    name: str
+    path: str
+    geometry: Any  # a Volume whose array is a zero-stride stand-in
+    part: int  # which volume of its file/folder (DICOM folders may hold several series)
+    header: dict[str, Any]
+
+
+class VolumeSource:
+    """The slices of every volume of a dataset: a folder of NIfTI files (or one file), or a folder
+    whose subfolders each hold one DICOM series.
+
+    Each volume goes through the same steps as :class:`DicomSource`: NIfTI volumes are first put in
+    fidkit's canonical LPS layout (:func:`fidkit.dicom.nifti.read_nifti`), then every volume is
+    resampled (``options.spacing``), windowed (``options.window``) and cut into display-oriented
+    slices along ``options.axis`` (``"all"``: axial, then coronal, then sagittal slices of each
+    volume). Volumes are read when their slices are first asked for (the two most recent are
+    kept), so a dataset larger than memory works; headers are read up front to count the slices.
+    A DICOM subfolder is therefore read twice (once for its geometry).
+
+    ``len(source)`` slices; ``source.load(i)`` is uint8 ``(H, W, 3)``.
+
+    Raises (constructor):
+        InputError: no volumes found, a bad header (BadImageError), ``window="file"`` for a volume
+            without a stored window.
+        UsageError: bad options.
+    """
+
+    _CACHE = 2
+
+    def __init__(self, paths: list[Path], options: DicomOptions | None = None, *, root: str | os.PathLike,
+                 kind: str) -> None:
+        import threading
+
+        from fidkit.dicom.resample import resampled_shape
+        from fidkit.dicom.slices import cut_axis, select_indices
+        from fidkit.dicom.window import resolve_window
+
+        if kind not in ("nifti", "dicom"):
+            raise UsageError(f"volume dataset kind must be 'nifti' or 'dicom', got {kind!r}")
+        self.path = str(root)
+        self.kind = kind
+        self.options = options or DicomOptions()
+        self.skipped: list[str] = []
+        self.entries: list[_Entry] = []
+        for p in paths:
+            self.entries += self._entries_of(Path(p))
+        if not self.entries:
+            what = "NIfTI (.nii/.nii.gz) files" if kind == "nifti" else "DICOM image series in its subfolders"
+            raise InputError(f"{self.path}: no {what} found")
+        self._windows = []
+        for e in self.entries:
+            where = f"{e.path}" if kind == "nifti" else f"{e.path}: series {e.geometry.series_uid}"
+            try:
+                self._windows.append(resolve_window(self.options.window, e.geometry.window, where))
+            except InputError:
+                if kind != "nifti":
+                    raise
+                raise InputError(f"{e.path} stores no display range (cal_min/cal_max); pass --window "
+                                 f"(a preset such as 'soft_tissue', a range like -1000,1000 or 40/400)") from None
+        self._items: list[_Item] = []
+        self._counts: list[dict[str, int]] = []
+        self._shapes: list[tuple[int, int, int]] = []
+        for n, e in enumerate(self.entries):
+            shape = resampled_shape(e.geometry, self.options.spacing)
+            self._shapes.append(shape)
+            counts = {}
+            for plane in planes_of(self.options.axis):
+                a = cut_axis(e.geometry, plane)
+                chosen = select_indices(shape[a], self.options.slices)
+                counts[plane] = len(chosen)
+                self._items += [_Item(n, a, k, plane) for k in chosen]
+            self._counts.append(counts)
+        self._cache: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------------------------- reading
+    def _entries_of(self, p: Path) -> list[_Entry]:
+        from fidkit.dicom.nifti import nifti_header_summary, read_nifti
+
+        if self.kind == "nifti":
+            geometry = read_nifti(p, load_data=False)
+            return [_Entry(p.name, str(p), geometry, 0, nifti_header_summary(p))]
+        from fidkit.dicom.reader import read_series
+
+        found = read_series(p)
+        self.skipped += [f"{s.path}: {s.reason}" for s in found.skipped]
+        out = []
+        volumes = [v for v in found if not v.is_localizer]
+        for part, v in enumerate(volumes):
+            name = p.name + (f" [{v.label}]" if v.label else "") + (f" #{part}" if len(volumes) > 1 and not v.label else "")
+            stand_in = v.replace(array=np.broadcast_to(np.float32(0), v.shape))
+            out.append(_Entry(name, str(p), stand_in, part, {"series_uid": v.series_uid, "files": len(v.files),
+                                                             "localizers_excluded": len(found) - len(volumes)}))
+        return out
+
+    def volume(self, n: int) -> Any:
+        """Volume ``n`` as the network's slices are cut from it: read, canonical (NIfTI) and
+        resampled; float32. Raises BadImageError when the file turns out damaged."""
+        from fidkit.dicom.resample import resample
+
+        with self._lock:
+            if n in self._cache:
+                return self._cache[n]
+            e = self.entries[n]
+            if self.kind == "nifti":
+                from fidkit.dicom.nifti import read_nifti
+
+                volume = read_nifti(e.path)
+            else:
+                from fidkit.dicom.reader import read_series
+                from fidkit.errors import BadImageError
+
+                volumes = [v for v in read_series(e.path) if not v.is_localizer]
+                if e.part >= len(volumes) or volumes[e.part].shape != e.geometry.shape:
+                    raise BadImageError(f"{e.path}: the series changed while it was being read; run again")
+                volume = volumes[e.part]
+            volume = resample(volume, self.options.spacing, order=self.options.order)
+            while len(self._cache) >= self._CACHE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[n] = volume
+            return volume
+
+    # ------------------------------------------------------------------------- Source protocol
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _item(self, i: int) -> _Item:
+        if not -len(self._items) <= i < len(self._items):
+            raise IndexError(f"slice {i} out of range (0..{len(self._items) - 1})")
+        return self._items[i]
+
+    def load(self, i: int) -> np.ndarray:
+        """Slice ``i`` as the network sees it: uint8 ``(H, W, 3)``, windowed, in display orientation."""
+        from fidkit.dicom.slices import render
+
+        item = self._item(i)
+        center, width = self._windows[item.volume]
+        return render(self.volume(item.volume), item.array_axis, item.index, item.plane, center, width)
+
+    def item_name(self, i: int) -> str:
+        """E.g. ``case001.nii.gz axial slice 12 of 40``."""
+        item = self._item(i)
+        total = self._shapes[item.volume][item.array_axis]
+        return f"{self.entries[item.volume].name} {item.plane} slice {item.index} of {total}"
+
+    def short_name(self, i: int) -> str:
+        """A montage label: volume number, plane initial and slice index, e.g. ``v3 a#12``."""
+        item = self._item(i)
+        return f"v{item.volume} {item.plane[0]}#{item.index}"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able provenance: the volume count, slices per volume and plane, each volume's
+        stored and canonical geometry, and every option (spacing, window, axis, selection)."""
+        from fidkit.dicom.volume import CANONICAL_LAYOUT
+
+        return {
+            "kind": "volumes",
+            "format": self.kind,
+            "path": self.path,
+            "volumes": len(self.entries),
+            "slices": len(self._items),
+            "planes": list(planes_of(self.options.axis)),
+            "layout": CANONICAL_LAYOUT if self.kind == "nifti" else "as acquired (DICOM patient frame, LPS)",
+            "affine": ("NIfTI: sform if sform_code>0, else qform if qform_code>0, else pixdim "
+                       "(nibabel's rule); RAS+ -> LPS by negating x and y; spacing = affine column "
+                       "lengths; reoriented by flips/transposes only") if self.kind == "nifti" else None,
+            "display": "axial: anterior up, patient's right on the left; coronal/sagittal: superior up",
+            "skipped_files": len(self.skipped),
+            "skipped": self.skipped[:50],
+            "warnings": [f"{e.name}: {w}" for e in self.entries for w in e.geometry.warnings],
+            "per_volume": [
+                {"name": e.name, "shape": list(e.geometry.shape),
+                 "spacing_mm": [round(float(s), 6) for s in e.geometry.spacing],
+                 "resampled_shape": list(shape), "slices": counts, **e.header}
+                for e, shape, counts in zip(self.entries, self._shapes, self._counts)
+            ],
+            "options": self.options.to_meta(),
+        }
+
+
+def nifti_files(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """``.nii``/``.nii.gz`` files in ``folder`` (hidden files skipped), sorted by relative path."""
+    from fidkit.dicom.nifti import is_nifti_path
+
+    root = Path(folder)
+    pattern = root.rglob("*") if recursive else root.iterdir()
+    found = [p for p in pattern if is_nifti_path(p.name) and not p.name.startswith(".") and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def dicom_subfolders(folder: str | os.PathLike) -> list[Path]:
+    """The immediate subfolders of ``folder`` that hold DICOM, when ``folder`` itself holds no
+    DICOM file directly (a dataset laid out one series per subfolder); else ``[]``."""
+    root = Path(folder)
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return []
+    if any(p.is_file() and _looks_dicom(p) for p in entries[:200]):
+        return []
+    return [p for p in entries if p.is_dir() and not p.name.startswith(".") and is_dicom_folder(p)]
+
+
+def open_volume_source(path: str | os.PathLike, options: DicomOptions | None = None, *,
+                       recursive: bool = False) -> VolumeSource | None:
+    """The :class:`VolumeSource` for ``path`` if it is a volume dataset, else ``None``.
+
+    A volume dataset is a ``.nii``/``.nii.gz`` file, a folder holding NIfTI files (searched in
+    subfolders with ``recursive``), or a folder whose subfolders each hold a DICOM series (and
+    that holds no DICOM file itself). Never raises for a path that is none of these.
+    """
+    from fidkit.dicom.nifti import is_nifti_path
+
+    p = Path(path)
+    if p.is_file():
+        return VolumeSource([p], options, root=p, kind="nifti") if is_nifti_path(p.name) else None
+    if not p.is_dir():
+        return None
+    files = nifti_files(p, recursive=recursive)
+    if files:
+        return VolumeSource(files, options, root=p, kind="nifti")
+    subfolders = dicom_subfolders(p)
+    if subfolders:
+        return VolumeSource(subfolders, options, root=p, kind="dicom")
+    return None

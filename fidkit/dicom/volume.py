@@ -80,3 +80,90 @@ class Volume:
             "localizer": self.is_localizer,
             "warnings": list(self.warnings),
         }
+
+
+#: The one array layout fidkit reorients volumes to (NIfTI always, DICOM for the MAISI protocol):
+#: array ``(z, y, x)`` with ``x`` towards the patient's left, ``y`` towards posterior and ``z``
+#: towards superior (LPS), i.e. an axial DICOM series with ImageOrientationPatient 1,0,0,0,1,0.
+CANONICAL_LAYOUT = "array (z, y, x) = (S, P, L): x to the patient's left, y posterior, z superior"
+
+
+def affine_lps(volume: Volume) -> np.ndarray:
+    """4x4 float64 map from array index ``(z, y, x)`` to patient LPS mm (voxel centres).
+
+    Uses the median z step (``volume.spacing[0]``); exact for evenly spaced slices.
+    """
+    dirs = (volume.orientation[2], volume.orientation[1], volume.orientation[0])
+    affine = np.eye(4)
+    for axis in range(3):
+        affine[:3, axis] = np.asarray(dirs[axis], dtype=np.float64) * float(volume.spacing[axis])
+    affine[:3, 3] = np.asarray(volume.origin, dtype=np.float64)
+    return affine
+
+
+def canonical(volume: Volume) -> Volume:
+    """``volume`` flipped and transposed (no interpolation) to :data:`CANONICAL_LAYOUT`.
+
+    Each array axis goes to the patient axis it is closest to, by nibabel's ``io_orientation``
+    rule (the one MONAI's ``Orientation`` uses), so an oblique volume keeps its small rotation in
+    ``orientation``. A volume already in that layout is returned unchanged (same object).
+
+    Raises:
+        InputError: the direction cosines are degenerate (two axes closest to the same patient
+            axis, or a left-handed grid after reorientation).
+    """
+    from fidkit.errors import InputError
+
+    dirs = [volume.orientation[2], volume.orientation[1], volume.orientation[0]]
+    matrix = np.stack([np.asarray(d, dtype=np.float64) for d in dirs], axis=1)  # columns: axes z, y, x
+    world = _closest_axes(matrix)
+    if sorted(a for a, _ in world) != [0, 1, 2]:
+        raise InputError(f"volume {volume.series_uid or volume.description}: its axes are not "
+                         f"distinguishable (direction cosines {np.round(matrix.T, 4).tolist()})")
+    if all(w == 2 - a and s > 0 for a, (w, s) in enumerate(world)):
+        return volume
+    array = volume.array
+    origin = np.asarray(volume.origin, dtype=np.float64).copy()
+    for axis, (_, sign) in enumerate(world):
+        if sign < 0:
+            # the far end becomes the first voxel (along z from the real positions: they may be uneven)
+            extent = (float(volume.positions[-1] - volume.positions[0]) if axis == 0
+                      else (array.shape[axis] - 1) * float(volume.spacing[axis]))
+            origin = origin + extent * dirs[axis]
+            array = np.flip(array, axis=axis)
+    # new axis m (0 = z/S, 1 = y/P, 2 = x/L) is old axis a where world[a] == 2 - m
+    order = [next(a for a in range(3) if world[a][0] == 2 - m) for m in range(3)]
+    array = np.transpose(array, order)  # a view: slicing and resampling copy what they use
+    new_dirs = [dirs[a] * world[a][1] for a in order]
+    spacing = tuple(float(volume.spacing[a]) for a in order)
+    orientation = np.stack([new_dirs[2], new_dirs[1], new_dirs[0]])
+    if float(np.linalg.det(orientation)) < 0:
+        raise InputError(f"volume {volume.series_uid or volume.description}: the grid is left-handed "
+                         f"after reorientation; its direction cosines look wrong")
+    warnings = list(volume.warnings)
+    if order[0] == 0:
+        positions = np.asarray(volume.positions, dtype=np.float64) * world[0][1]
+        positions = positions[::-1].copy() if world[0][1] < 0 else positions.copy()
+    else:
+        if len(volume.positions) > 2 and np.ptp(np.diff(volume.positions)) > 1e-3 * spacing[order.index(0)]:
+            warnings.append("reoriented: the uneven slice positions were replaced by their median step")
+        positions = float(origin @ new_dirs[0]) + np.arange(array.shape[0]) * spacing[0]
+    return volume.replace(array=array, spacing=spacing, positions=positions, origin=origin,
+                          orientation=orientation, warnings=warnings)
+
+
+def _closest_axes(matrix: np.ndarray) -> list[tuple[int, int]]:
+    """For each column (array axis) of a 3x3 direction matrix, (patient axis, sign) closest to it.
+
+    nibabel's ``io_orientation`` rule: the shearless part by polar decomposition, then the axes
+    from strongest to weakest, each taking its largest remaining component.
+    """
+    u, _, vt = np.linalg.svd(matrix)
+    rotation = u @ vt
+    out: list[tuple[int, int]] = [(-1, 1)] * 3
+    for axis in np.argsort(np.min(-(rotation ** 2), axis=0), kind="stable"):
+        column = rotation[:, axis]
+        target = int(np.argmax(np.abs(column)))
+        out[int(axis)] = (target, 1 if column[target] > 0 else -1)
+        rotation[target, :] = 0
+    return out
