@@ -1,0 +1,81 @@
+"""Reading a published weights file into a state dict, and loading it into a network strictly.
+
+Shared by the registry entries whose files are plain PyTorch pickles (SwAV, VGG16, ...):
+
+* :func:`read_tensor_dict` opens the file with ``torch.load(weights_only=True)``, whose unpickler
+  only rebuilds tensors and plain containers, so a weights file cannot run code. It handles both
+  the zip container (torch >= 1.6) and the legacy one that files published before mid-2020 use.
+* :func:`load_renamed` maps the file's keys to the network's (dropping the ones the features do not
+  use, such as a training head) and refuses any missing, unexpected or mis-shaped tensor with a
+  one-line :class:`~fidkit.errors.WeightsError` that names the file and the fix.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fidkit.errors import WeightsError
+
+#: Maps a key of the file to the network's key, or None to drop it.
+Rename = Callable[[str], "str | None"]
+
+
+def read_tensor_dict(path: object, *, network: str, fix: str) -> dict[str, torch.Tensor]:
+    """The ``{name: tensor}`` dict stored in the file at ``path`` (unwrapping a checkpoint's
+    ``"state_dict"`` entry), loaded on the CPU without running code from the file.
+
+    ``network`` names what the file should hold and ``fix`` says what to use instead; both go into
+    the :class:`WeightsError` raised when the file is unreadable or holds something else."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError,
+            KeyError, TypeError) as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise WeightsError(f"{path} is not a loadable PyTorch weights file for {network} "
+                           f"({msg}); {fix}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"{path} does not hold a {network} state dict; {fix}")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"{path} does not hold a {network} state dict (entry {bad[0]!r} is not "
+                           f"a named tensor); {fix}")
+    return state
+
+
+def load_renamed(module: nn.Module, state: dict[str, torch.Tensor], rename: Rename, *,
+                 source: str, network: str, fix: str) -> None:
+    """Load ``state`` into ``module`` after renaming its keys with ``rename`` (None drops a key).
+
+    Every parameter and buffer of ``module`` must be given once with its shape, except
+    batch norm's ``num_batches_tracked`` counters (unused in eval mode, absent from old files).
+    Raises WeightsError naming ``source`` and ``fix`` otherwise."""
+    own = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, tensor in state.items():
+        target = rename(key)
+        if target is None or target.endswith("num_batches_tracked"):
+            continue
+        if target not in own or target in mapped:
+            unexpected.append(key)
+            continue
+        mapped[target] = tensor
+    missing = sorted(set(own) - set(mapped))
+    if missing or unexpected:
+        what = []
+        if missing:
+            what.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            what.append(f"{len(unexpected)} unexpected keys (e.g. {sorted(unexpected)[0]})")
+        raise WeightsError(f"{source} is not a {network} state dict: {', '.join(what)}; {fix}")
+    for key, tensor in mapped.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise WeightsError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected "
+                               f"{tuple(own[key].shape)}; the file is not a {network} state "
+                               f"dict; {fix}")
+    module.load_state_dict(mapped, strict=False)
