@@ -61,8 +61,8 @@ class Backend:
                 block = block.detach().cpu().numpy()
             return np.asarray(block, dtype=np.float64)
         torch = self.torch
-        if not isinstance(block, torch.Tensor):
-            block = torch.from_numpy(np.ascontiguousarray(block))
+        if not isinstance(block, torch.Tensor):  # a copy: memmap rows are read-only
+            block = torch.from_numpy(np.array(block, dtype=np.float64, order="C"))
         block = block.to(device=self._device, dtype=torch.float64)
         if block.shape[0] < self.tile:
             # Every product on a torch backend has the same (tile, d) x (d, tile) shape: MKL (and
