@@ -76,10 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     from fidkit.errors import FidkitError
 
     try:
-        return run(args)
+        code = run(args)
     except FidkitError as exc:
         print(f"fidkit: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    _leave_group()
+    return code
+
+
+def _leave_group() -> None:
+    # Every rank leaves together: a rank that exits while a peer's gloo threads still talk to it
+    # can make that peer abort (SIGABRT) at exit.
+    from fidkit import distributed
+
+    if distributed.is_active():
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run(args: argparse.Namespace) -> int:
