@@ -333,3 +333,26 @@ def test_skipped_items_are_recorded_across_a_resume(tmp_path):
     assert [s[:2] for s in resumed.skipped] == [[3, "item3"], [13, "item13"]] == [s[:2] for s in whole.skipped]
     assert np.array_equal(resumed.accumulator.m2, whole.accumulator.m2)
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
+def test_report_batches_maps_the_runner_contract(tmp_path):
+    """The adapter from the runner's (outputs, report.used, report.skipped) contract: used
+    positions per batch, skipped items back to their positions, trailing all-bad batches."""
+    from fidkit.statistics.checkpoint import report_batches
+
+    images = np.random.default_rng(9).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    bad = {2, 8, 9}
+
+    def run(source, batch_size, report):
+        for start in range(0, len(source), batch_size):
+            window = range(start, min(len(source), start + batch_size))
+            good = [i for i in window if i not in bad]
+            report.skipped.extend((source.item_name(i), "broken") for i in window if i in bad)
+            if good:
+                report.used.extend(good)
+                yield {"tap": np.stack([source.load(i)[0, 0].astype(np.float32) for i in good])}
+
+    got = list(report_batches(run, "tap")(_Array(images), 4))
+    assert [b.positions for b in got] == [[0, 1, 3], [4, 5, 6, 7], []]
+    assert [[s[0] for s in b.skipped] for b in got] == [[2], [], [8, 9]]
+    assert np.array_equal(got[1].features[0], images[4][0, 0].astype(np.float32))

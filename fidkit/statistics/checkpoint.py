@@ -595,7 +595,7 @@ def _run_chunk(source: Any, batches: FeatureBatches, plan: ChunkPlan, dims: int,
     last_save = time.monotonic()
     consumed = 0  # items of the slice [offset, end) behind us, at a batch boundary
     for batch in batches(_Slice(source, offset, end), plan.batch_size):
-        if batch.positions:
+        if batch.positions and batch.features is not None:
             state.accumulator.update(_host64(batch.features))
         for position, item, reason in batch.skipped:
             state.skipped.append([offset + int(position), item, reason])
@@ -694,3 +694,39 @@ def used_indices(items: int, skipped: Iterable[list]) -> Iterator[int]:
     """Indices ``0 .. items-1`` minus the skipped ones, in order (for manifests)."""
     bad = {int(entry[0]) for entry in skipped}
     return (i for i in range(items) if i not in bad)
+
+
+def report_batches(run: Callable[[Any, int, Any], Iterator[Any]], tap: str) -> FeatureBatches:
+    """A :data:`FeatureBatches` from fidkit's runner contract: ``run(sub_source, batch_size,
+    report)`` yields the network's output dicts batch by batch and, before each yield, extends
+    ``report.used`` with the positions of that batch's items and ``report.skipped`` with
+    ``(item name, reason)`` of the unreadable ones (:class:`fidkit.extractors.runner.ExtractionReport`).
+    E.g. ``run = lambda sub, b, report: iter_features(sub, model, convention, batch_size=b,
+    skip_bad=True, progress=False, report=report)``."""
+
+    def batches(source: Any, batch_size: int) -> Iterator[Batch]:
+        from fidkit.extractors.runner import ExtractionReport
+
+        report = ExtractionReport()
+        used = skipped = 0
+        names: dict[str, int] | None = None
+        for out in run(source, batch_size, report):
+            positions = [int(p) for p in report.used[used:]]
+            used = len(report.used)
+            bad, names = _positions_of(source, report.skipped[skipped:], names)
+            skipped = len(report.skipped)
+            yield Batch(positions, out[tap], bad)
+        bad, names = _positions_of(source, report.skipped[skipped:], names)
+        if bad:  # trailing batches whose every item was unreadable
+            yield Batch([], None, bad)
+
+    return batches
+
+
+def _positions_of(source: Any, entries: list, names: dict[str, int] | None
+                  ) -> tuple[list[tuple[int, str, str]], dict[str, int] | None]:
+    if not entries:
+        return [], names
+    if names is None:  # only when something was skipped: one pass over this chunk's names
+        names = {source.item_name(i): i for i in range(len(source))}
+    return [(names[item], item, reason) for item, reason in entries], names
