@@ -71,7 +71,7 @@ def _finish(spec: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=_env(), timeout=300)
 
 
-OPTIONS = ("--batch-size", "4", "--chunk-size", "12", "--seconds", "0.05", "--sleep", "0.02")
+OPTIONS = ("--batch-size", "4", "--chunk-size", "12", "--seconds", "0.05", "--sleep", "0.06")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(kind, inputs, uni
     kills = 0
     for attempt in range(40):
         child = _child(inputs[kind], out, *OPTIONS)
-        delay = rng.uniform(0.8, 2.5)
+        delay = rng.uniform(0.4, 2.0)
         try:
             child.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -356,3 +356,15 @@ def test_report_batches_maps_the_runner_contract(tmp_path):
     assert [b.positions for b in got] == [[0, 1, 3], [4, 5, 6, 7], []]
     assert [[s[0] for s in b.skipped] for b in got] == [[2], [], [8, 9]]
     assert np.array_equal(got[1].features[0], images[4][0, 0].astype(np.float32))
+
+
+def test_a_run_that_ends_before_any_write_leaves_no_folder(tmp_path):
+    images = np.random.default_rng(10).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    source = _Array(images)
+    plan = ChunkPlan.make(6, 4, 8)
+    checkpoint = open_checkpoint(tmp_path / "ck", _identity(source), plan, DIMS)
+    plain = accumulate_chunked(source, fake_batches(), plan, DIMS)
+    got = accumulate_chunked(source, fake_batches(), plan, DIMS, checkpoint=checkpoint)
+    assert not (tmp_path / "ck").exists()  # nothing written: one chunk, no signal
+    assert np.array_equal(got.accumulator.m2, plain.accumulator.m2)
+    checkpoint.remove()  # a no-op

@@ -245,6 +245,7 @@ class Checkpoint:
         self.dims = dims
         self.identity_sha256 = _identity_digest(identity)
         self._prefix: ChunkState | None = None  # cached fold of chunks [0, k)
+        self._unmade = False  # True until the folder exists (see make)
 
     @classmethod
     def open(cls, folder: str | os.PathLike, identity: dict[str, Any], plan: ChunkPlan,
@@ -274,20 +275,33 @@ class Checkpoint:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder} exists and is not a checkpoint folder; choose another "
                              "--checkpoint path")
-        if folder.is_dir() and any(folder.iterdir()):
+        if folder.is_dir() and any(not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                                   for p in folder.iterdir()):
             raise UsageError(f"{folder} is a folder that is not a fidkit checkpoint; choose another "
                              "--checkpoint path")
         if not create:
             raise InputError(f"{folder}: no checkpoint there (is the folder on a file system every "
                              "node shares?)")
+        if not folder.parent.is_dir():
+            raise InputError(f"cannot make the checkpoint folder {folder}: folder {folder.parent} "
+                             "does not exist")
+        checkpoint._unmade = True  # made at the first write: a run that ends first leaves nothing
+        return checkpoint
+
+    def make(self) -> None:
+        """Create the folder and write ``checkpoint.json`` (once; before the first state)."""
+        if not self._unmade:
+            return
         try:
-            folder.mkdir(exist_ok=True)
+            self.folder.mkdir(exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot make the checkpoint folder {folder}: {exc.strerror}") from None
+            raise InputError(f"cannot make the checkpoint folder {self.folder}: "
+                             f"{exc.strerror}") from None
         from fidkit.fileio import atomic_write_bytes
 
-        atomic_write_bytes(header, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
-        return checkpoint
+        header = json.dumps(self._header(), indent=1, sort_keys=True) + "\n"
+        atomic_write_bytes(self.folder / HEADER_NAME, header.encode())
+        self._unmade = False
 
     def _header(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
@@ -339,10 +353,12 @@ class Checkpoint:
         return state
 
     def save_partial(self, state: ChunkState) -> None:
+        self.make()
         save_state(self.chunk_path(state.last, partial=True), state, self.dims, self.identity_sha256)
 
     def save_chunk(self, state: ChunkState) -> None:
         """Record a finished chunk (then drop its partial file)."""
+        self.make()
         save_state(self.chunk_path(state.last), state, self.dims, self.identity_sha256)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.chunk_path(state.last, partial=True))
@@ -370,15 +386,21 @@ class Checkpoint:
         return prefix
 
     def remove(self) -> None:
-        """Delete the checkpoint's own files and the folder (left in place if it holds anything
-        else)."""
-        for name in os.listdir(self.folder) if self.folder.is_dir() else ():
-            if name in (HEADER_NAME, PREFIX_NAME) or _CHUNK_FILE.match(name) or (
-                    name.startswith(".") and name.endswith(".tmp")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.folder / name)
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()
+        """Delete the checkpoint (see :func:`remove_checkpoint`)."""
+        remove_checkpoint(self.folder)
+
+
+def remove_checkpoint(folder: str | os.PathLike) -> None:
+    """Delete a checkpoint folder's own files (header, states, temporary files) and the folder,
+    which is left in place if it holds anything else. Nothing happens if it does not exist."""
+    folder = Path(folder)
+    for name in os.listdir(folder) if folder.is_dir() else ():
+        if name in (HEADER_NAME, PREFIX_NAME) or _CHUNK_FILE.match(name) or (
+                name.startswith(".") and name.endswith(".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _difference(found: dict[str, Any], wanted: dict[str, Any]) -> str:
@@ -500,6 +522,8 @@ def open_checkpoint(folder: str | os.PathLike, identity: dict[str, Any], plan: C
         return Checkpoint.open(folder, identity, plan, dims)
     with distributed.agreed_errors():
         made = Checkpoint.open(folder, identity, plan, dims) if distributed.rank() == 0 else None
+        if made is not None:
+            made.make()  # now, so that every rank can check it sees the folder
     with distributed.agreed_errors():
         if made is not None:
             return made
@@ -551,7 +575,11 @@ def accumulate_chunked(source: Any, batches: FeatureBatches, plan: ChunkPlan, di
                                        checkpoint_seconds, stop, progress)
                 except PreemptedError as exc:
                     raise _Escape(exc) from None
-                if checkpoint is not None:
+                if checkpoint is not None and world == 1 and chunk == mine[-1]:
+                    # The last chunk of one process: folded in memory, never written (a run of
+                    # one chunk writes nothing unless stopped; a crash now redoes this chunk).
+                    running = state
+                elif checkpoint is not None:
                     checkpoint.save_chunk(state)
                     if world == 1:
                         checkpoint.compact()
@@ -563,8 +591,13 @@ def accumulate_chunked(source: Any, batches: FeatureBatches, plan: ChunkPlan, di
     except _Escape as escape:
         raise escape.args[0] from None
     if world == 1:
-        total = running if checkpoint is None else checkpoint.compact()
+        total = running
         if checkpoint is not None:
+            prefix = checkpoint.compact()
+            if running is not None:
+                total = fold([prefix, running]) if prefix is not None else running
+            else:
+                total = prefix
             _check_complete(total, plan, checkpoint)
     else:
         total = _merge_ranks(checkpoint, plan, dims, rank, done, kept)
