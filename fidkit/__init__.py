@@ -1,11 +1,13 @@
-"""fidkit: Frechet Inception Distance, KID and Inception Score you can reproduce.
+"""fidkit: Fréchet distances (FID, FD-DINOv2, CLIP-FID, ...), KID and Inception Score you can
+reproduce.
 
 Importing :mod:`fidkit` is cheap: torch is imported the first time a name that needs it is used.
 
 Pipeline (one module per stage)::
 
-    images / tensors / DICOM -> preprocess (named convention) -> features (Inception taps)
-        -> statistics (mean, covariance, n, provenance) -> distance (Frechet, KID, IS)
+    sources (images, arrays, DICOM) -> preprocess (the extractor's named convention)
+        -> extractors (a registered network's tap) -> statistics (mean, covariance, n,
+        provenance) -> distances (Frechet, KID, IS) -> report (fidkit.compare)
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ _LAZY = {
     "frechet_distance": "fidkit.distances.frechet",
     "FrechetResult": "fidkit.distances.frechet",
     "compute_statistics": "fidkit.api",
+    "extract_features": "fidkit.api",
+    "compare": "fidkit.report",
+    "Report": "fidkit.report",
+    "register_extractor": "fidkit.extractors.custom",
+    "FidkitWarning": "fidkit.errors",
     "fid": "fidkit.api",
     "load_statistics": "fidkit.api",
     "FIDInceptionV3": "fidkit.extractors.networks.inception",

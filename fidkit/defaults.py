@@ -1,22 +1,15 @@
 """The one table of constants that the API, the CLI and the tests share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from fidkit.extractors.base import WeightsFile
 
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where the FID Inception weights live and how to recognise the real file."""
-
-    filename: str
-    sha256: str
-    size: int
-    urls: tuple[str, ...]
+#: The older name of :class:`fidkit.extractors.base.WeightsFile`.
+WeightsSpec = WeightsFile
 
 
 #: The TF "2015-12-05" Inception graph ported to PyTorch by pytorch-fid; torch-fidelity serves the
 #: same bytes as a mirror. The hash is checked after every download and on every cache hit.
-FID_WEIGHTS = WeightsSpec(
+FID_WEIGHTS = WeightsFile(
     filename="pt_inception-2015-12-05-6726825d.pth",
     sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
     size=95_628_359,
@@ -26,6 +19,7 @@ FID_WEIGHTS = WeightsSpec(
         "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
         "weights-inception-2015-12-05-6726825d.pth",
     ),
+    licence="Apache-2.0 (TensorFlow models; PyTorch port by pytorch-fid)",
 )
 
 #: Feature taps of the FID Inception: channels of the 64/192/768 blocks, pool_3, and the logits.

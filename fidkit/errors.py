@@ -59,3 +59,10 @@ class ProvenanceMismatchError(FidkitError):
     """Two statistics were made in different ways (dims, convention, weights, DICOM options)."""
 
     exit_code = EXIT_MISMATCH
+
+
+class FidkitWarning(UserWarning):
+    """Something a user should know about a number fidkit still computed: non-canonical weights,
+    fewer images than feature dimensions, a rank-deficient covariance, sides compared with
+    ``force=True``, a lowered KID subset size, a restrictive weights licence. The command line
+    prints each as one ``fidkit: warning:`` line; the Python API raises it with :mod:`warnings`."""

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from fidkit import distributed
-from fidkit.defaults import DEFAULT_CONVENTION, DEFAULT_DIMS
 from fidkit.errors import InputError, UsageError
 from fidkit.distances.inception_score import DEFAULT_SPLITS, inception_score
 from fidkit.distances.kid import DEFAULT_SEED, DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, MeanStd, kid
@@ -54,8 +53,9 @@ class _InceptionMetrics:
         self,
         reference: Any = None,
         *,
-        dims: int = DEFAULT_DIMS,
-        convention: str = DEFAULT_CONVENTION,
+        features: str | None = None,
+        dims: int | None = None,
+        convention: str | None = None,
         device: str | torch.device | None = None,
         input_range: tuple[float, float] = (0.0, 1.0),
         weights: str | os.PathLike | None = None,
@@ -67,41 +67,46 @@ class _InceptionMetrics:
         is_splits: int = DEFAULT_SPLITS,
         seed: int = DEFAULT_SEED,
         force: bool = False,
-        fast: bool | str | None = None,
+        network: str | None = None,
     ) -> None:
-        from fidkit.extractors.runner import load_model, resolve_device
-        from fidkit.extractors.networks.inception import tap_name
-        from fidkit.preprocess import get_convention
+        from fidkit.extraction import Pipeline
+        from fidkit.extractors import get_extractor
+        from fidkit.extractors.runner import load_model, network_path, resolve_device
 
         self._init_kwargs = dict(
-            dims=dims, convention=convention, device=None if device is None else str(device),
+            features=features, dims=dims, convention=convention,
+            device=None if device is None else str(device),
             input_range=tuple(input_range), weights=None if weights is None else str(weights),
             fid=fid, kid=kid, inception_score=inception_score, kid_subset_size=kid_subset_size,
-            kid_subsets=kid_subsets, is_splits=is_splits, seed=seed, force=force, fast=fast,
+            kid_subsets=kid_subsets, is_splits=is_splits, seed=seed, force=force, network=network,
         )
-        from fidkit.extractors.runner import network_path
-
-        # The same network path compute_statistics runs, so a stream and a folder of the same
+        self.pipeline = Pipeline(features=features, dims=dims, convention=convention,
+                                 weights=weights, network=network).resolved()
+        self.extractor = get_extractor(self.pipeline.features)
+        # The same network copy compute_statistics runs, so a stream and a folder of the same
         # images give the same features (see fidkit.extractors.runner.network_path).
-        network_path(fast, "cpu")  # rejects a bad value now rather than at the first update
-        self._fast = fast
-        self._network = ""  # the path that ran, for the provenance
+        network_path(network, "cpu", self.extractor)  # a bad value fails now, not at update()
+        self._network_choice = network
+        self._network = ""  # the copy that ran, for the provenance
         self.use_fid = self._defaults["fid"] if fid is None else bool(fid)
         self.use_kid = self._defaults["kid"] if kid is None else bool(kid)
         self.use_is = self._defaults["inception_score"] if inception_score is None else bool(inception_score)
         if not (self.use_fid or self.use_kid or self.use_is):
             raise UsageError("switch on at least one of fid, kid, inception_score")
+        if self.use_is and _LOGITS not in self.extractor.extra_outputs:
+            raise UsageError(f"inception_score needs the FID Inception's logits; "
+                             f"features={self.extractor.name!r} has none")
         lo, hi = (float(v) for v in input_range)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UsageError(f"input_range {tuple(input_range)} must be (low, high) with low < high, "
                              "e.g. (0, 1) or (-1, 1)")
         self.input_range = (lo, hi)
-        self.dims = int(dims)
-        self._tap = tap_name(self.dims)
-        self._conv = get_convention(convention)
+        self.dims = int(self.pipeline.dims)
+        self._tap = self.extractor.tap_for(self.dims)
+        self._conv = self.extractor.convention(self.pipeline.convention)
         self.device = resolve_device(device)
         self._model, self._weights = load_model(weights, outputs=(self._tap,), device=self.device,
-                                                progress=False)
+                                                progress=False, features=self.extractor)
         self.kid_subset_size, self.kid_subsets = int(kid_subset_size), int(kid_subsets)
         self.is_splits, self.seed, self.force = int(is_splits), int(seed), bool(force)
         self._reference: Statistics | None = None
@@ -123,16 +128,23 @@ class _InceptionMetrics:
                                  f"(N, {self.dims})")
             self._reference_features = feats.to(self.device, torch.float32)
             return
-        from fidkit.api import as_statistics
+        from fidkit.api import is_stats_path, load_statistics
+        from fidkit.extraction import Runtime, extract
 
-        stats = as_statistics(reference, dims=self.dims, convention=self._conv.name,
-                              weights=self._init_kwargs["weights"], device=self.device,
-                              keep_features=self.use_kid, progress=False)
+        feats = None
+        if isinstance(reference, Statistics):
+            stats = reference
+        elif isinstance(reference, (str, os.PathLike)) and is_stats_path(reference):
+            stats = load_statistics(reference)
+        else:
+            result = extract(reference, self.pipeline, Runtime(device=str(self.device),
+                                                               progress=False),
+                             keep_features=self.use_kid)
+            stats, feats = result.statistics(), result.features
         if stats.dims != self.dims:
             raise UsageError(f"the reference has {stats.dims}-dim features but the metric uses "
-                             f"dims={self.dims}; make both with the same dims")
+                             f"dims={self.dims}; make both with the same features= and dims=")
         self._reference = stats
-        feats = getattr(stats, "features", None)
         if feats is not None:
             self._reference_features = torch.as_tensor(feats).to(self.device, torch.float32)
 
@@ -152,6 +164,9 @@ class _InceptionMetrics:
             raise UsageError(f"update() takes uint8 0..255 or float images, got {x.dtype}")
         lo, hi = self.input_range
         low, high = (float(v) for v in torch.aminmax(x))
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise InputError("update(): the float images contain NaN or inf values (a diverged "
+                             "generator?); the batch was not added")
         slack = 1e-6 * (hi - lo)  # float rounding at the edges of a tanh/sigmoid output
         if not (low >= lo - slack and high <= hi + slack):  # NaN fails both tests
             hint = ("declare input_range=(-1, 1) for tanh outputs" if low < lo and low >= -1 - slack
@@ -187,7 +202,7 @@ class _InceptionMetrics:
         wanted = self._outputs(real)
         if not wanted:
             return
-        from fidkit.extractors.runner import fp32_numerics, input_layout, select_network
+        from fidkit.extractors.runner import fp32_numerics, select_network
 
         x = self._network_scale(images)
         if x.shape[0] == 0:
@@ -195,9 +210,9 @@ class _InceptionMetrics:
         with torch.no_grad(), fp32_numerics():
             # The network object is shared per process: set what this call needs every time.
             self._model.outputs = wanted
-            network, path = select_network(self._model, self._fast, x.device)
+            runnable, path = select_network(self._model, self._network_choice, x.device)
             self._network = path
-            out = network(self._conv.prepare(x).contiguous(memory_format=input_layout(path, x.device)))
+            out = runnable(self._conv.prepare(x).contiguous())
         if self._tap in out:
             feats = out[self._tap]
             self._acc[real].update(feats)
@@ -241,7 +256,7 @@ class _InceptionMetrics:
         from fidkit.extractors.runner import network_meta
 
         extra = network_meta(self._network)
-        meta = build_meta(dims=self.dims, convention=self._conv.name,
+        meta = build_meta(extractor=self.extractor, dims=self.dims, convention=self._conv.name,
                           weights=self._weights.describe(), n=acc.n, source=source, extra=extra)
         return acc.statistics(meta)
 
@@ -251,11 +266,14 @@ class _InceptionMetrics:
 
         fake = self.statistics(real=False)
         ref = self.statistics(real=True)
-        check_comparable(fake, ref, force=self.force, names=("generated", "reference"))
+        lines = check_comparable(fake, ref, force=self.force, names=("generated", "reference"))
         # The reference is factored once and cached across calls; the generated side changes.
         factor_ref = cached_factor(ref) if ref is self._reference else covariance_factor(ref.sigma)
-        return frechet_from_moments(fake.mu, fake.sigma, ref.mu, ref.sigma, n_a=fake.n, n_b=ref.n,
-                                    factor_a=covariance_factor(fake.sigma), factor_b=factor_ref).value
+        result = frechet_from_moments(fake.mu, fake.sigma, ref.mu, ref.sigma, n_a=fake.n,
+                                      n_b=ref.n, factor_a=covariance_factor(fake.sigma),
+                                      factor_b=factor_ref)
+        _warn(lines + list(result.warnings) + _provenance_lines(fake, ref))
+        return result.value
 
     def _gathered(self, parts: list[torch.Tensor], width: int) -> torch.Tensor:
         local = torch.cat(parts) if parts else None
@@ -416,3 +434,18 @@ class InceptionScore(_InceptionMetrics):
     def compute(self) -> MeanStd:
         """Inception Score mean and std over the splits."""
         return self._inception_score()
+
+
+def _provenance_lines(*stats: Statistics) -> list[str]:
+    from fidkit.report import provenance_warnings
+
+    return [line for s in stats for line in provenance_warnings(s.meta)]
+
+
+def _warn(lines: list[str]) -> None:
+    import warnings
+
+    from fidkit.errors import FidkitWarning
+
+    for line in dict.fromkeys(lines):
+        warnings.warn(FidkitWarning(line), stacklevel=3)

@@ -174,7 +174,6 @@ def test_blocked_copy_is_memoised_and_follows_reloaded_weights(model, test_weigh
 
     first = inference_copy(model, "blocked")
     assert first is not model and inference_copy(model, "blocked") is first
-    assert inference_copy(model, "folded") is not first  # one memo per path
     model.load_weights(load_state_dict(resolve_weights(str(test_weights))))
     assert inference_copy(model, "blocked") is not first
     import copy
@@ -186,9 +185,16 @@ def test_network_path_reads_the_api_argument():
     from fidkit.errors import UsageError
     from fidkit.extractors.runner import network_path
 
-    assert network_path(None, "cpu") == network_path(True, "cpu") == "blocked"
-    assert network_path(False, "cpu") == "reference"
-    assert network_path("folded", "cpu") == "folded"
+    assert network_path(None, "cpu") == network_path("auto", "cpu") == "blocked"
+    assert network_path("blocked", "cpu") == "blocked"
+    assert network_path("reference", "cpu") == "reference"
     assert network_path(None, "cuda") == "reference"
-    with pytest.raises(UsageError, match="folded"):
+    with pytest.raises(UsageError, match="auto, reference, blocked"):
         network_path("fastest", "cpu")
+
+
+def test_network_choices_are_listed_once_for_the_command_line():
+    from fidkit.cli.common import NETWORK_CHOICES as CLI
+    from fidkit.extractors.runner import NETWORK_CHOICES
+
+    assert CLI == NETWORK_CHOICES

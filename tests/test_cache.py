@@ -98,7 +98,8 @@ def test_features_and_arrays_are_never_cached(folder, test_weights, runs):
     import fidkit
 
     _stats(folder, test_weights)
-    with_features = _stats(folder, test_weights, keep_features=True)
+    with_features = fidkit.extract_features(folder, dims=64, weights=str(test_weights),
+                                            device="cpu", workers=0, progress=False)
     assert with_features.features.shape == (4, 64)
     images = make_images(3, (32, 32), seed=2)
     for _ in range(2):

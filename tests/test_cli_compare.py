@@ -69,8 +69,12 @@ def test_folder_vs_stats_equals_folder_vs_folder(folders, test_weights, tmp_path
                      - 2 * np.trace(covmean))
     assert direct["fid"] == pytest.approx(expected, rel=1e-6)
     # Provenance of both sides is in the JSON, and non-canonical weights are flagged.
-    assert direct["a"]["meta"]["convention"] == "tf1" and direct["b"]["meta"]["dims"] == 64
-    assert direct["a"]["meta"]["weights"]["canonical"] is False
+    assert direct["generated"]["meta"]["convention"] == "tf1"
+    assert direct["reference"]["meta"]["dims"] == 64
+    assert direct["generated"]["meta"]["weights"]["canonical"] is False
+    assert direct["generated"]["input"] == str(a) and direct["reference"]["input"] == str(b)
+    assert direct["metrics"]["fid"]["extractor"] == "inception"
+    assert direct["metrics"]["fid"]["n_generated"] == direct["metrics"]["fid"]["n_reference"] == 6
     assert any("NON-canonical" in w for w in direct["warnings"])
     assert "NON-canonical" in err
 

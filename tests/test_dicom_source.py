@@ -169,8 +169,8 @@ def test_compare_two_dicom_folders_end_to_end(tmp_path, test_weights, capsys):
     assert main(["compare", str(real), str(fake), "--json", "--weights", str(test_weights), *_OPTS]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fid"] > 0
-    _check_dicom_meta(report["a"]["meta"])
-    _check_dicom_meta(report["b"]["meta"])
+    _check_dicom_meta(report["generated"]["meta"])
+    _check_dicom_meta(report["reference"]["meta"])
 
 
 @pytest.mark.slow

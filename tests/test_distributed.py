@@ -40,9 +40,10 @@ def _worker(rank: int, world: int, init_file: str, weights: str, root: str) -> N
     try:
         base = Path(root)
         out: dict = {}
-        stats = fidkit.compute_statistics(base / "a", dims=DIMS, weights=weights, workers=0,
-                                          progress=False, keep_features=True)
-        out["stats"] = (stats.mu, stats.sigma, stats.n, stats.features, stats.meta["source"])
+        result = fidkit.extract_features(base / "a", dims=DIMS, weights=weights, workers=0,
+                                         progress=False)
+        stats = result.statistics()
+        out["stats"] = (stats.mu, stats.sigma, stats.n, result.features, stats.meta["source"])
         fake, real = np.load(base / "fake.npy"), np.load(base / "real.npy")
         block = slice(rank * PER_RANK, (rank + 1) * PER_RANK)  # contiguous, as ShardedSource
         metric = _metric(weights)
@@ -87,8 +88,10 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, test_weights):
     _spawn((WORLD, str(tmp_path / "store"), str(test_weights), str(tmp_path)))
     ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(WORLD)]
 
-    single = fidkit.compute_statistics(tmp_path / "a", dims=DIMS, weights=test_weights, workers=0,
-                                       progress=False, keep_features=True)
+    single_run = fidkit.extract_features(tmp_path / "a", dims=DIMS, weights=test_weights,
+                                         workers=0, progress=False)
+    single = single_run.statistics()
+    single.features = single_run.features
     metric = _metric(str(test_weights))
     metric.update(fake)
     metric.update(real, real=True)

@@ -30,8 +30,14 @@ def images():
 @pytest.fixture(scope="module")
 def batch_stats(images, test_weights):
     """compute_statistics of both sides, with their features (the independent route)."""
-    return [fidkit.compute_statistics(x, dims=DIMS, weights=test_weights, workers=0, progress=False,
-                                      keep_features=True) for x in images]
+    out = []
+    for x in images:
+        result = fidkit.extract_features(x, dims=DIMS, weights=test_weights, workers=0,
+                                         progress=False)
+        stats = result.statistics()
+        stats.features = result.features  # the test's own attribute, for KID below
+        out.append(stats)
+    return out
 
 
 def make_metric(test_weights, **options):

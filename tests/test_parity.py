@@ -92,14 +92,11 @@ def _pytorch_fid_stats(folder, model, dims):
 
 
 #: (statistics, FID) relative tolerances against the peer's features run through the same
-#: Frechet function. ``exact`` (``fast=False``, the CLI's ``--exact``) runs pytorch-fid's float32
-#: operations in order; the default (the blocked network on the CPU, fidkit.extractors.networks.inception_blocked) gives the
-#: same bits, so it is held to the same tolerance. The opt-in folded network (``--fold-bn``)
-#: differs by float32 rounding, which the deep random test layers amplify to 1.1-1.4e-4 on sigma
-#: (whose entries are small: features vary by ~0.1 around 0.4), measured;
-#: tests/test_throughput_paths.py bounds the features themselves against the exact path.
-PATHS = {"exact": (False, 1e-6, 1e-6), "default": (None, 1e-6, 1e-6),
-         "folded": ("folded", 5e-4, 1e-4)}
+#: Frechet function. ``reference`` (``network="reference"``) runs pytorch-fid's float32
+#: operations in order; the default (the blocked network on the CPU,
+#: fidkit.extractors.networks.inception_blocked) gives the same bits, so it is held to the same
+#: tolerance.
+PATHS = {"reference": ("reference", 1e-6, 1e-6), "default": (None, 1e-6, 1e-6)}
 
 
 @pytest.mark.parametrize("name", ["32", "256", "nonsquare"])
@@ -108,12 +105,12 @@ def test_statistics_and_fid_match_pytorch_fid(name, path, image_folders, test_we
                                               pytorch_fid_model_factory):
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    fast, stats_tol, fid_tol = PATHS[path]
+    network, stats_tol, fid_tol = PATHS[path]
     a, b = image_folders[name]
     peer = pytorch_fid_model_factory([3])
     theirs = [_pytorch_fid_stats(f, peer, 2048) for f in (a, b)]
     ours = [fidkit.compute_statistics(f, convention="pytorch-fid", weights=str(test_weights),
-                                      workers=0, progress=False, fast=fast, cache=False)
+                                      workers=0, progress=False, network=network, cache=False)
             for f in (a, b)]
     for (mu, sigma), s in zip(theirs, ours):
         assert rel(s.mu, mu) <= stats_tol
@@ -141,9 +138,9 @@ def test_statistics_and_fid_match_torch_fidelity(name, path, image_folders, test
                   save_cpu_ram=True)
     extractor = create_feature_extractor("inception-v3-compat", ["2048"], **kwargs)
     theirs = [fid_input_id_to_statistics(i, extractor, "2048", **kwargs) for i in (1, 2)]
-    fast, stats_tol, fid_tol = PATHS[path]
+    network, stats_tol, fid_tol = PATHS[path]
     ours = [fidkit.compute_statistics(f, convention="tf1", weights=str(test_weights), workers=0,
-                                      progress=False, fast=fast, cache=False) for f in (a, b)]
+                                      progress=False, network=network, cache=False) for f in (a, b)]
     # torch-fidelity's features equal the exact path's (max abs diff 0 on CPU); its float32
     # statistics then hold them to 1e-5.
     stats_tol, fid_tol = max(stats_tol, 1e-5), max(fid_tol, 1e-5)

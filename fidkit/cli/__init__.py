@@ -17,7 +17,8 @@ from fidkit import __version__
 from fidkit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, FidkitError
 
 #: Verb modules, in the order ``--help`` lists them.
-VERBS: tuple[str, ...] = ("stats", "compare", "info", "convert", "weights", "dicom", "conv")
+VERBS: tuple[str, ...] = ("stats", "compare", "info", "convert", "features", "weights", "selftest",
+                          "dicom", "conv")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fidkit",
-        description="Frechet Inception Distance (and KID, IS) that says how every number was made.",
+        description="Frechet distances (FID, FD-DINOv2, CLIP-FID, ...), KID and IS that say how "
+                    "every number was made.",
         epilog="Exit codes: 0 ok, 1 internal error (a bug), 2 usage or bad input, "
         "3 weights unavailable, 4 the two sides were made differently (use --force), 130 interrupted.",
     )
@@ -59,13 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = bool(os.environ.get("FIDKIT_DEBUG"))
-    if getattr(args, "fold_bn", False) and "torch" not in sys.modules:
-        # A fresh process about to run the folded network, whose activations fragment glibc's
-        # heap over long runs (fidkit.allocator); the default network's do not. Skipped when
-        # torch is already in (an embedding process).
-        from fidkit.allocator import tune_allocator
-
-        tune_allocator()
     if not debug:
         warnings.showwarning = _one_line_warning
     try:

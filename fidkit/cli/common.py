@@ -6,10 +6,12 @@ import json
 import sys
 from typing import Any
 
-from fidkit.defaults import (CONVENTION_NAMES, DEFAULT_BATCH_SIZE, DEFAULT_CONVENTION,
-                             DEFAULT_CPU_BATCH_SIZE,
-                             DEFAULT_DIMS, TAP_DIMS)
+from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE, DEFAULT_DIMS
 from fidkit.errors import UsageError
+
+#: The values of --network (fidkit.extractors.runner.NETWORK_CHOICES, listed here so that
+#: --help does not import torch; tests check the two agree).
+NETWORK_CHOICES = ("auto", "reference", "blocked")
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -17,10 +19,15 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
 
     accept_negative_values(parser)  # so that --window -1000,1000 reads as a value
     g = parser.add_argument_group("pipeline")
-    g.add_argument("--dims", type=int, default=DEFAULT_DIMS, choices=TAP_DIMS,
-                   help=f"Inception tap: 64, 192, 768 or 2048 = pool_3 (default {DEFAULT_DIMS})")
-    g.add_argument("--convention", default=DEFAULT_CONVENTION, choices=CONVENTION_NAMES,
-                   help=f"resize/normalise convention (default {DEFAULT_CONVENTION}; see README)")
+    g.add_argument("--features", default=None, metavar="NAME",
+                   help="feature extractor (default inception; 'fidkit features list' shows "
+                        "each one, its dims, conventions and licence)")
+    g.add_argument("--dims", type=_positive, default=None, metavar="D",
+                   help=f"which tap of the extractor, by its dimension (default: the extractor's; "
+                        f"inception {DEFAULT_DIMS} = pool_3, or 64, 192, 768)")
+    g.add_argument("--convention", default=None, metavar="NAME",
+                   help="preprocessing convention of the extractor (default: its own; inception: "
+                        "tf1, pytorch-fid, clean, antialias; see README)")
     g.add_argument("--batch-size", type=_positive, default=None, metavar="N",
                    help=f"images per network batch (default {DEFAULT_BATCH_SIZE} on a GPU, "
                         f"{DEFAULT_CPU_BATCH_SIZE} on CPU, measured)")
@@ -28,22 +35,17 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=_non_negative, default=None, metavar="N",
                    help="decoding threads, or processes on CUDA (default: half the CPUs, 1 to 8; 0 "
                         "decodes between batches)")
-    g.add_argument("--weights", default=None, metavar="PATH",
-                   help="FID Inception weights file (default: $FIDKIT_WEIGHTS, else the cached or "
-                        "downloaded canonical file)")
+    g.add_argument("--weights", default=None, action="append", metavar="[NAME=]PATH",
+                   help="weights file of the extractor (default: $FIDKIT_WEIGHTS for inception, "
+                        "else the cached or downloaded canonical file); NAME=PATH for another "
+                        "extractor a metric uses (repeatable)")
     g.add_argument("--recursive", action="store_true", help="read image folders recursively")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images (reported) instead of stopping at the first")
-    g.add_argument("--exact", action="store_true",
-                   help="run the network as pytorch-fid writes it (NCHW, batch norm unfolded): "
-                        "the reference; ~1.4x slower on CPU than the default, which gives the "
-                        "same bits (checked at start)")
-    g.add_argument("--fold-bn", action="store_true",
-                   help="fold batch norm into the convolutions, channels-last: a ~15%% faster "
-                        "CPU forward, but features differ from the reference by float32 rounding "
-                        "(recorded in the statistics); with the heap setting it needs for flat "
-                        "memory it is no faster end to end")
-    g.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1
+    g.add_argument("--network", default="auto", choices=NETWORK_CHOICES,
+                   help="which copy of the network runs: auto (default: the blocked CPU copy of "
+                        "the Inception where it checks out, else the reference), reference (the "
+                        "module as pytorch-fid writes it), blocked; all give the same bits")
     g.add_argument("--no-cache", action="store_true",
                    help="recompute folder statistics even if an unchanged cached copy exists")
     d = parser.add_argument_group("DICOM folders")
@@ -58,20 +60,36 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
 
 
 def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for :func:`fidkit.api.compute_statistics` from parsed options."""
+    """Keyword arguments for :func:`fidkit.compute_statistics` / :func:`fidkit.compare` from
+    parsed options."""
     kwargs: dict[str, Any] = dict(
-        dims=args.dims, convention=args.convention, batch_size=args.batch_size,
-        device=args.device, workers=args.workers, weights=args.weights,
-        recursive=args.recursive, skip_bad=args.skip_bad, cache=not args.no_cache,
-        fast=False if args.exact else ("folded" if args.fold_bn else None),
+        features=args.features, dims=args.dims, convention=args.convention,
+        batch_size=args.batch_size, device=args.device, workers=args.workers,
+        weights=parse_weights(args.weights), network=args.network,
+        recursive=args.recursive, skip_bad=args.skip_bad,
     )
-    if args.exact and args.fold_bn:
-        raise UsageError("--exact and --fold-bn ask for two different networks; give one")
     if any(getattr(args, k, None) is not None for k in ("spacing", "window", "axis", "slices")):
         from fidkit.dicom.source import DicomOptions
 
         kwargs["dicom"] = DicomOptions.from_cli(args.spacing, args.window, args.axis, args.slices)
     return kwargs
+
+
+def parse_weights(values: list[str] | None) -> Any:
+    """``--weights`` values: one plain PATH (the chosen extractor's file) and/or NAME=PATH pairs.
+    Returns None, a path, or a dict extractor name -> path (the plain PATH under key None)."""
+    if not values:
+        return None
+    plain = [v for v in values if "=" not in v]
+    named = dict(v.split("=", 1) for v in values if "=" in v)
+    if len(plain) > 1:
+        raise UsageError(f"--weights given {len(plain)} plain paths ({', '.join(plain)}); give one, "
+                         "and NAME=PATH for the other extractors")
+    if not named:
+        return plain[0]
+    if plain:
+        named[None] = plain[0]  # type: ignore[index]
+    return named
 
 
 def _positive(text: str) -> int:
@@ -115,11 +133,3 @@ def _jsonable(value: Any) -> Any:
 def note(message: str) -> None:
     """A progress or warning line on stderr (stdout stays machine-readable)."""
     print(f"fidkit: {message}", file=sys.stderr)
-
-
-def non_canonical_note(meta: dict) -> str | None:
-    w = meta.get("weights") or {}
-    if w and not w.get("canonical", False):
-        return (f"computed with NON-canonical weights (SHA-256 {str(w.get('sha256'))[:12]}...): "
-                "not an FID comparable to published numbers")
-    return None

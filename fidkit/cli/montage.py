@@ -6,8 +6,11 @@ from typing import Any
 MAX_TILES = 16
 
 
-def write_input_montage(src: Any, path: str, *, convention: str = "tf1", recursive: bool = False,
+def write_input_montage(src: Any, path: str, *, features: str | None = None,
+                        convention: str | None = None, recursive: bool = False,
                         dicom: Any = None, **_: Any) -> None:
+    """Write a grid of up to 16 of ``src``'s images after the extractor's convention (its resize
+    and crop), stretched to 0..255 for display; labelled with their names."""
     import numpy as np
 
     from fidkit.montage import write_montage
@@ -15,14 +18,16 @@ def write_input_montage(src: Any, path: str, *, convention: str = "tf1", recursi
     from fidkit.sources import open_source
 
     source = open_source(src, recursive=recursive, dicom=dicom)
-    conv = get_convention(convention)
+    conv = get_convention(convention, features)
     count = min(MAX_TILES, len(source))
     picks = np.unique(np.linspace(0, len(source) - 1, count).round().astype(int))
     tiles, labels = [], []
     for index in picks:
         x = conv.prepare_image(source.load(int(index)))
-        # Every convention maps 0..255 to about [-1, 1]; undo that for display.
-        tile = ((x.permute(1, 2, 0).numpy() + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
+        # Conventions normalise differently ([-1, 1], ImageNet mean/std): stretch for display.
+        pixels = x.permute(1, 2, 0).numpy()
+        low, high = float(pixels.min()), float(pixels.max())
+        tile = ((pixels - low) * (255.0 / max(high - low, 1e-12))).round().astype(np.uint8)
         tiles.append(tile)
         labels.append(_short(source.item_name(int(index))))
     write_montage(tiles, labels, path)

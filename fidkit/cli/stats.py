@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fidkit.cli.common import add_pipeline_options, emit_json, non_canonical_note, note, pipeline_kwargs
+from fidkit.cli.common import add_pipeline_options, emit_json, pipeline_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,20 +36,22 @@ def run(args: argparse.Namespace) -> int:
 
     # Under torchrun every rank runs its block of SRC; rank 0 alone writes and prints.
     args.device = distributed.init_from_environment(args.device)
-    stats = compute_statistics(args.src, manifest=args.manifest, **pipeline_kwargs(args))
+    kwargs = pipeline_kwargs(args)
+    if isinstance(kwargs["weights"], dict):  # NAME=PATH: the one of the chosen extractor
+        kwargs["weights"] = kwargs["weights"].get(args.features or "inception",
+                                                  kwargs["weights"].get(None))
+    stats = compute_statistics(args.src, manifest=args.manifest, cache=not args.no_cache, **kwargs)
     if not distributed.is_writer():
         return 0
     if args.montage:
         from fidkit.cli.montage import write_input_montage
 
-        write_input_montage(args.src, args.montage, **pipeline_kwargs(args))
+        write_input_montage(args.src, args.montage, **kwargs)
     # Without --overwrite, a file that appeared during the run is not clobbered either.
     stats.save(str(out), overwrite=bool(args.overwrite))
     if args.json:
         emit_json({"output": str(out), "n": stats.n, "dims": stats.dims, "meta": stats.meta})
     else:
-        print(f"wrote {out}: {stats.n} images, {stats.dims} dims, convention {stats.meta['convention']}")
-    warning = non_canonical_note(stats.meta)
-    if warning:
-        note(warning)
+        print(f"wrote {out}: {stats.n} images, {stats.meta.get('extractor', 'inception')} "
+              f"{stats.dims} dims, convention {stats.meta['convention']}")
     return 0

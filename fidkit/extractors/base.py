@@ -155,7 +155,7 @@ class Extractor:
         table = self.conventions()
         key = self.default_convention if name is None else name
         if key not in table:
-            raise UsageError(f"convention {key!r} is not one of {self.name}'s: choose from "
+            raise UsageError(f"unknown convention {key!r} for {self.name}; choose from "
                              f"{', '.join(table)} (convention=/--convention)")
         return table[key]
 

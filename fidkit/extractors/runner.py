@@ -1,22 +1,16 @@
-"""Running a source through the FID Inception: decoding and preprocessing in threads that work
-ahead of the network, the network on the chosen device in fp32 (TF32 off: the number must not
-depend on the card).
+"""Running a source through an extractor: decoding and preprocessing in threads that work ahead
+of the network, the network on the chosen device in fp32 (TF32 off: the number must not depend on
+the card).
 
-Three ways to run the same network (:data:`NETWORK_PATHS`, picked by :func:`network_path`):
+Which copy of the network runs is one choice, ``network`` (:data:`NETWORK_CHOICES`):
 
-* ``"reference"``: the module as written, pytorch-fid's float32 operations in order. The
-  CLI's ``--exact``, ``fast=False``; the default on CUDA, where nothing faster measured faster
-  at equal numerics (benchmarks/RESULTS.md).
-* ``"blocked"``: the default on the CPU. The same convolution kernels on the same data, without
-  the reorders around them (:mod:`fidkit.extractors.networks.inception_blocked`): features bit-identical to ``"reference"``,
-  checked once per process on the machine itself (it falls back to ``"reference"`` otherwise).
-* ``"folded"``: batch norm folded into the convolutions, in the layout its device's fp32 kernels
-  are fastest in (:func:`fast_layout`). Opt-in (``--fold-bn``, ``fast="folded"``): its CPU
-  forward is ~15 % faster than the blocked one's, but it changes the order of floating-point
-  operations, and with the random test
-  weights its pool_3 features are up to ~8e-5 of their largest magnitude from the reference's
-  (as far as the reference's own float32 features are from float64: ``benchmarks/rounding.py``).
-  Statistics record it in ``meta["fast_path"]``.
+* ``"reference"``: the module as written (for the FID Inception, pytorch-fid's float32
+  operations in order). The default on CUDA and for every extractor without a faster copy.
+* ``"blocked"``: the FID Inception on the CPU, kept in oneDNN's blocked layout
+  (:mod:`fidkit.extractors.networks.inception_blocked`): the same convolution kernels without the
+  reorders around them, features bit-identical to ``"reference"``, checked once per process on
+  the machine itself (it falls back to ``"reference"`` otherwise).
+* ``"auto"`` (the default): ``"blocked"`` where it exists and is supported, else ``"reference"``.
 
 On a CUDA card the decoding threads only decode; the images are resized there in batches
 (:func:`_device_batch`). Measured on a 2-core AVX-512 CPU and an H200
@@ -25,7 +19,7 @@ On a CUDA card the decoding threads only decode; the images are resized there in
 from __future__ import annotations
 
 import contextlib
-import copy
+import hashlib
 import os
 import sys
 import weakref
@@ -36,38 +30,43 @@ import numpy as np
 import torch
 
 from fidkit.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CPU_BATCH_SIZE
-from fidkit.errors import BadImageError, FidkitError, UsageError
-from fidkit.extractors.networks.inception import BasicConv2d, FIDInceptionV3
-from fidkit.preprocess import Convention
+from fidkit.errors import BadImageError, FidkitError, UsageError, WeightsError
+from fidkit.extractors import get_extractor
+from fidkit.extractors.base import Convention, Extractor, ResolvedWeights
 from fidkit.sources import Source
-from fidkit.extractors.weights import ResolvedWeights, load_state_dict, resolve_weights
 
-_MODELS: dict[tuple, FIDInceptionV3] = {}
+#: One loaded network at a time (the big ones are GBs): (extractor, weights sha, device) -> module.
+_MODELS: dict[tuple, torch.nn.Module] = {}
+#: The extractor each loaded module belongs to.
+_EXTRACTOR_OF: "weakref.WeakKeyDictionary[torch.nn.Module, Extractor]" = weakref.WeakKeyDictionary()
 
-#: The networks :func:`iter_features` can run; see the module's docstring.
-NETWORK_PATHS: tuple[str, ...] = ("reference", "blocked", "folded")
-#: ``meta["fast_path"]`` of statistics made by the folded network (absent for the others, whose
-#: features are the reference network's bit for bit).
-FAST_PATH_NOTE = "batch norm folded into the convolutions, channels-last"
+#: The values of the ``network`` choice; see the module's docstring.
+NETWORK_CHOICES: tuple[str, ...] = ("auto", "reference", "blocked")
 
 
-def network_path(fast: bool | str | None, device: torch.device | str) -> str:
-    """The network to run on ``device`` for the API's ``fast`` argument: False is
-    ``"reference"``; ``"folded"`` is ``"folded"``; None or True (the default) is ``"blocked"`` on
-    a CPU with oneDNN and ``"reference"`` elsewhere. Raises UsageError for other values."""
+def network_path(network: str | None, device: torch.device | str,
+                 extractor: Extractor | str | None = None) -> str:
+    """The network copy to run on ``device`` for the choice ``network`` (None is ``"auto"``):
+    ``"blocked"`` for the FID Inception on a CPU with oneDNN, else ``"reference"``.
+    Raises UsageError for an unknown value, or ``"blocked"`` where there is no blocked copy."""
     from fidkit.extractors.networks.inception_blocked import blocked_supported
 
-    if fast is None or fast is True:
-        return "blocked" if blocked_supported(device) else "reference"
-    if fast is False:
+    choice = "auto" if network is None else network
+    if choice not in NETWORK_CHOICES:
+        raise UsageError(f"network={network!r}: use one of {', '.join(NETWORK_CHOICES)} "
+                         "(--network)")
+    has_blocked = get_extractor(extractor).name == "inception"
+    if choice == "reference":
         return "reference"
-    if fast == "folded":
-        return "folded"
-    raise UsageError(f"fast={fast!r}: use None (the default), True, False (the reference "
-                     "network) or 'folded'")
+    if choice == "blocked" and not has_blocked:
+        raise UsageError(f"network='blocked' exists for the FID Inception only, not "
+                         f"{get_extractor(extractor).name}; use 'auto' or 'reference'")
+    return "blocked" if has_blocked and blocked_supported(device) else "reference"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (None or "auto": CUDA when available). Raises UsageError for
+    an unknown device or CUDA where there is none."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -75,80 +74,85 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise UsageError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device} asked for but CUDA is not available here; use --device cpu")
+        raise UsageError(f"device {device} asked for but CUDA is not available here; use "
+                         "device='cpu' (--device cpu)")
     return dev
 
 
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and bytes, in key order): the
+    identity of a user's own network in provenance."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load_model(weights: str | os.PathLike | ResolvedWeights | None = None,
-               outputs: Sequence[str] = ("2048",),
+               outputs: Sequence[str] | None = None,
                device: str | torch.device | None = None,
-               progress: bool = True) -> tuple[FIDInceptionV3, ResolvedWeights]:
-    """The FID Inception with the given weights on ``device`` (cached per process)."""
-    resolved = weights if isinstance(weights, ResolvedWeights) else resolve_weights(weights, progress=progress)
+               progress: bool = True, *,
+               features: str | Extractor | None = None) -> tuple[torch.nn.Module, ResolvedWeights]:
+    """The network of extractor ``features`` (None: the FID Inception) with ``weights`` (None:
+    the canonical file, cached or downloaded) on ``device``, in eval mode, returning
+    ``outputs`` (None: the default tap). Cached per process (one network at a time).
+    Raises WeightsError (missing, corrupted or foreign file) and UsageError."""
+    extractor = get_extractor(features)
+    outputs = tuple(outputs) if outputs is not None else (extractor.tap_for(None),)
     dev = resolve_device(device)
-    key = (resolved.sha256, str(dev))
+    if extractor.weights is None:  # a user's own module: the registry holds it
+        module = extractor.build({}, outputs)
+        resolved = ResolvedWeights(None, state_dict_sha256(module), False)
+        module = module.to(dev)
+        _EXTRACTOR_OF[module] = extractor
+        return module, resolved
+    if isinstance(weights, ResolvedWeights):
+        resolved = weights
+    else:
+        from fidkit.extractors.weights import resolve_weights
+
+        resolved = resolve_weights(weights, spec=extractor.weights, progress=progress)
+    key = (extractor.name, resolved.sha256, str(dev))
     model = _MODELS.get(key)
     if model is None:
-        model = FIDInceptionV3(outputs=("2048",))
-        model.load_weights(load_state_dict(resolved), source=str(resolved.path))
+        state = extractor.read_weights(resolved.path)
+        try:
+            model = extractor.build(state, outputs)
+        except WeightsError as exc:
+            raise WeightsError(f"{resolved.path}: {exc}") from None
         model = model.to(dev)
-        _MODELS.clear()  # one network (95 MB) at a time is enough
+        _MODELS.clear()
         _MODELS[key] = model
-    model.outputs = tuple(outputs)
+        _EXTRACTOR_OF[model] = extractor
+    model.outputs = outputs
     return model, resolved
 
 
-def fold_batchnorm(model: FIDInceptionV3) -> FIDInceptionV3:
-    """A copy of ``model`` in which each convolution + batch norm pair is one convolution with a
-    bias: ``w' = w * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma / sqrt(var + eps)``.
-
-    The products are formed in float64 and rounded once to float32, so the folded network differs
-    from the original only by the rounding of the reordered sums: each block within 1e-5 of the
-    original block on the same input, growing through the depth to ~8e-5 of the largest pool_3
-    feature with the random test weights (benchmarks/rounding.py).
-    ``model`` itself is left untouched; the copy is in eval mode on the same device.
-    """
-    folded = copy.deepcopy(model)
-    for module in folded.modules():
-        if not isinstance(module, BasicConv2d) or isinstance(module.bn, torch.nn.Identity):
-            continue
-        conv, bn = module.conv, module.bn
-        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-        fused = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                                stride=conv.stride, padding=conv.padding, bias=True)
-        with torch.no_grad():
-            fused.weight.copy_(conv.weight.detach().double() * scale.view(-1, 1, 1, 1))
-            fused.bias.copy_(bn.bias.detach().double() - bn.running_mean.detach().double() * scale)
-        module.conv = fused.to(conv.weight.device)
-        module.bn = torch.nn.Identity()
-    return folded.train(False)
+def extractor_of(model: torch.nn.Module) -> Extractor:
+    """The extractor a module from :func:`load_model` belongs to (the FID Inception otherwise)."""
+    return _EXTRACTOR_OF.get(model) or get_extractor(None)
 
 
-def fast_layout(device: torch.device | str) -> torch.memory_format:
-    """Memory layout of the fast network on ``device``: channels-last on the CPU, where oneDNN's
-    fp32 convolutions are fastest in it; NCHW on CUDA, where cuDNN's fp32 (non-TF32) kernels were
-    faster in NCHW on an H200 (benchmarks/gpu.py, benchmarks/RESULTS.md)."""
-    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
-
-
-#: The copies :func:`inference_copy` made, per model and path. Beside the model, not in it, so
+#: The blocked copies :func:`inference_copy` made, per model. Beside the model, not in it, so
 #: that ``copy.deepcopy(model)`` and pickling never meet the blocked copy's opaque tensors.
-_COPIES: "weakref.WeakKeyDictionary[FIDInceptionV3, dict]" = weakref.WeakKeyDictionary()
+_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def inference_copy(model: FIDInceptionV3, path: str = "folded") -> FIDInceptionV3:
-    """The network :func:`iter_features` runs for ``path`` (:data:`NETWORK_PATHS`): ``model``
-    itself for ``"reference"``; for ``"folded"``, batch norm folded, weights in
-    :func:`fast_layout` for the model's device (feed it inputs in that layout); for
-    ``"blocked"``, :func:`fidkit.extractors.networks.inception_blocked.verified_blocked_copy` (dense NCHW input), or ``model``
-    itself where that check failed.
+def inference_copy(model: torch.nn.Module, path: str = "blocked") -> torch.nn.Module:
+    """The network :func:`iter_features` runs for ``path``: ``model`` itself for
+    ``"reference"``; for ``"blocked"``, :func:`~fidkit.extractors.networks.inception_blocked.
+    verified_blocked_copy` (dense NCHW input), or ``model`` itself where that check failed.
 
-    Memoised on ``model`` and rebuilt when any of its tensors changed in place (``load_weights``
-    bumps their version counters) or it moved device, so callers may keep using and reloading
-    the plain model. The copy's ``outputs`` follow the plain model's at every call.
+    Memoised beside ``model`` and rebuilt when any of its tensors changed in place
+    (``load_weights`` bumps their version counters) or it moved device, so callers may keep using
+    and reloading the plain model. The copy's ``outputs`` follow the plain model's at every call.
     """
     if path == "reference":
         return model
+    if path != "blocked":
+        raise UsageError(f"unknown network path {path!r}; use reference or blocked")
     # Called once per batch, so the check must cost microseconds, not a state_dict() walk (which
     # was ~15 % of a batch of 50 on an H200): the tensors are listed once per copy and their
     # version counters compared; ``model.to`` swaps ``.data`` without bumping them, so the first
@@ -161,14 +165,9 @@ def inference_copy(model: FIDInceptionV3, path: str = "folded") -> FIDInceptionV
         if where != (first.device, first.dtype) or versions != [t._version for t in tensors]:
             cached = None
     if cached is None:
-        if path == "folded":
-            fast = fold_batchnorm(model).to(memory_format=fast_layout(first.device))
-        elif path == "blocked":
-            from fidkit.extractors.networks.inception_blocked import verified_blocked_copy
+        from fidkit.extractors.networks.inception_blocked import verified_blocked_copy
 
-            fast = verified_blocked_copy(model)
-        else:
-            raise UsageError(f"unknown network path {path!r}; use one of {', '.join(NETWORK_PATHS)}")
+        fast = verified_blocked_copy(model)
         tensors = [*model.parameters(), *model.buffers()]
         copies[path] = ((first.device, first.dtype), tensors, [t._version for t in tensors], fast)
     if fast is None:  # the blocked copy did not reproduce the model here
@@ -177,19 +176,14 @@ def inference_copy(model: FIDInceptionV3, path: str = "folded") -> FIDInceptionV
     return fast
 
 
-def select_network(model: FIDInceptionV3, fast: bool | str | None,
-                   device: torch.device | str) -> tuple[FIDInceptionV3, str]:
-    """The network to run on ``device`` for the API's ``fast`` argument (:func:`network_path`,
-    :func:`inference_copy`) and the path that really runs: ``"reference"`` where the blocked
+def select_network(model: torch.nn.Module, network: str | None,
+                   device: torch.device | str) -> tuple[torch.nn.Module, str]:
+    """The copy of ``model`` to run on ``device`` for the choice ``network``
+    (:func:`network_path`) and the path that really runs: ``"reference"`` where the blocked
     copy's check failed and ``model`` itself runs."""
-    path = network_path(fast, device)
-    network = inference_copy(model, path)
-    return network, ("reference" if network is model else path)
-
-
-def input_layout(path: str, device: torch.device | str) -> torch.memory_format:
-    """Memory layout the network of ``path`` takes its input in."""
-    return fast_layout(device) if path == "folded" else torch.contiguous_format
+    path = network_path(network, device, extractor_of(model))
+    chosen = inference_copy(model, path)
+    return chosen, ("reference" if chosen is model else path)
 
 
 @contextlib.contextmanager
@@ -262,7 +256,7 @@ def _resize_on_device(device: torch.device, convention: Convention) -> bool:
 
 
 def _device_batch(groups: list[tuple[list[int], torch.Tensor]], convention: Convention,
-                  device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+                  device: torch.device) -> torch.Tensor:
     """Decoded images, stacked by size as :func:`_collate` groups them -> the network's
     (N, 3, 299, 299) float32 input on ``device``, in order. They travel as uint8 through pinned
     memory (a quarter of the float bytes) and each size is resized in one call on the card; the
@@ -281,7 +275,7 @@ def _device_batch(groups: list[tuple[list[int], torch.Tensor]], convention: Conv
         out = torch.empty((count,) + tuple(first.shape[1:]), dtype=first.dtype, device=device)
         for positions, x in parts:
             out[torch.tensor(positions, device=device)] = x
-    return out.contiguous(memory_format=layout)
+    return out.contiguous()
 
 
 #: Whether a CUDA run decodes in worker processes (:func:`_process_batches`) rather than threads.
@@ -347,12 +341,9 @@ class ExtractionReport:
 
 
 def network_meta(path: str) -> dict[str, str]:
-    """Provenance of the network path that ran: ``{"network": path}``, plus ``"fast_path"`` for
-    the folded network, the one whose features are not the reference network's bits."""
-    meta = {"network": path} if path else {}
-    if path == "folded":
-        meta["fast_path"] = FAST_PATH_NOTE
-    return meta
+    """Provenance of the network copy that ran: ``{"network": path}`` (both copies give the
+    reference network's bits; the record says which ran)."""
+    return {"network": path} if path else {}
 
 
 def default_workers() -> int:
@@ -365,7 +356,7 @@ def default_workers() -> int:
 
 def iter_features(
     source: Source,
-    model: FIDInceptionV3,
+    model: torch.nn.Module,
     convention: Convention,
     *,
     batch_size: int | None = None,
@@ -373,7 +364,7 @@ def iter_features(
     skip_bad: bool = False,
     progress: bool = True,
     report: ExtractionReport | None = None,
-    optimized: bool | str | None = None,
+    network: str | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield the network's outputs batch by batch (dict of (B, D) float32 tensors on the model's
     device), in the source's order.
@@ -393,10 +384,9 @@ def iter_features(
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    network, path = select_network(model, optimized, device)
+    runnable, path = select_network(model, network, device)
     if report is not None:
         report.network = path
-    layout = input_layout(path, device)
     # On a card the resize runs there, batched (decoding threads only decode); conventions whose
     # resize is PIL's own (clean) stay per image in the threads.
     on_card = _resize_on_device(device, convention)
@@ -424,12 +414,12 @@ def iter_features(
                     if report is not None:
                         report.used.extend(indices)
                     if on_card:
-                        batch = _device_batch(batch, convention, device, layout)
+                        batch = _device_batch(batch, convention, device)
                     else:
                         if pin:
                             batch = batch.pin_memory()
-                        batch = batch.to(device, non_blocking=True).contiguous(memory_format=layout)
-                    yield network(batch)
+                        batch = batch.to(device, non_blocking=True).contiguous()
+                    yield runnable(batch)
                 if bar is not None:
                     bar.update(len(indices) + len(errors))
     finally:

@@ -1,9 +1,10 @@
-"""The FID Inception weights: find, download (hash-checked, atomic, cached), load, or make test ones.
+"""Weights files of every extractor: find, download (hash-checked, atomic, cached), load.
 
-Resolution order: an explicit path (``--weights`` / ``weights=``), then ``$FIDKIT_WEIGHTS``, then
-the cache (``$FIDKIT_CACHE``, else torch hub's checkpoint folder, which pytorch-fid also uses), then
-a download from :data:`fidkit.defaults.FID_WEIGHTS` ``.urls`` in order. ``FIDKIT_OFFLINE=1`` forbids
-the download. A cached file whose SHA-256 is wrong is moved aside and fetched again.
+Resolution order: an explicit path (``--weights`` / ``weights=``), then, for the FID Inception
+only, ``$FIDKIT_WEIGHTS``; then the cache (``$FIDKIT_CACHE``, else torch hub's checkpoint folder,
+which pytorch-fid also uses), then a download from the extractor's
+:class:`~fidkit.extractors.base.WeightsFile` ``.urls`` in order. ``FIDKIT_OFFLINE=1`` forbids the
+download. A cached file whose SHA-256 is wrong is moved aside and fetched again.
 
 Weights that are not the canonical file (for example those ``fidkit weights make-test`` writes for
 tests) are accepted when given explicitly, and every result computed with them says so.
@@ -15,25 +16,18 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from fidkit.defaults import CACHE_ENV, FID_WEIGHTS, WEIGHTS_ENV, WeightsSpec
+from fidkit.defaults import CACHE_ENV, FID_WEIGHTS, WEIGHTS_ENV
 from fidkit.errors import WeightsError
+from fidkit.extractors.base import ResolvedWeights, WeightsFile
 from fidkit.fileio import atomic_writer
 
 OFFLINE_ENV = "FIDKIT_OFFLINE"
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ResolvedWeights:
-    path: Path
-    sha256: str
-    canonical: bool
-
-    def describe(self) -> dict:
-        return {"sha256": self.sha256, "canonical": self.canonical, "file": self.path.name}
+#: Largest download accepted for a file whose published size is not known (``size`` 0; the
+#: SHA-256 is still checked): the biggest published extractor file is ~4.5 GB (DINOv2 ViT-g).
+_UNKNOWN_SIZE_CAP = 8 << 30
 
 
 def cache_dir() -> Path:
@@ -64,17 +58,22 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _HASH_MEMO[key]
 
 
-def _explain_manual(spec: WeightsSpec, target: Path) -> str:
+def _explain_manual(spec: WeightsFile, target: Path) -> str:
+    env = f" / set {WEIGHTS_ENV}" if spec == FID_WEIGHTS else ""
     return (
         f"download {spec.urls[0]} (SHA-256 {spec.sha256}, {spec.size} bytes) and save it as "
-        f"{target}, or pass --weights PATH / set {WEIGHTS_ENV}"
+        f"{target}, or pass weights=PATH (--weights PATH){env}"
     )
+
+
+def _label(spec: WeightsFile) -> str:
+    return "FID Inception weights" if spec == FID_WEIGHTS else f"weights {spec.filename}"
 
 
 def resolve_weights(
     path: str | os.PathLike | None = None,
     *,
-    spec: WeightsSpec = FID_WEIGHTS,
+    spec: WeightsFile = FID_WEIGHTS,
     offline: bool | None = None,
     progress: bool = True,
 ) -> ResolvedWeights:
@@ -82,7 +81,8 @@ def resolve_weights(
 
     Raises :class:`WeightsError` when the file is missing, unreadable, or cannot be fetched.
     """
-    explicit = path if path is not None else os.environ.get(WEIGHTS_ENV) or None
+    from_env = os.environ.get(WEIGHTS_ENV) if spec == FID_WEIGHTS else None
+    explicit = path if path is not None else from_env or None
     if explicit is not None:
         p = Path(explicit).expanduser()
         if not p.is_file():
@@ -110,7 +110,7 @@ def resolve_weights(
     if offline is None:
         offline = os.environ.get(OFFLINE_ENV, "") not in ("", "0")
     if offline:
-        raise WeightsError(f"no FID Inception weights in the cache and {OFFLINE_ENV} is set: "
+        raise WeightsError(f"no {_label(spec)} in the cache and {OFFLINE_ENV} is set: "
                            f"{_explain_manual(spec, target)}")
     errors = []
     for url in spec.urls:
@@ -119,11 +119,11 @@ def resolve_weights(
             return ResolvedWeights(target, spec.sha256, True)
         except WeightsError as exc:
             errors.append(str(exc))
-    raise WeightsError(f"could not download the FID Inception weights ({'; '.join(errors)}); "
+    raise WeightsError(f"could not download the {_label(spec)} ({'; '.join(errors)}); "
                        f"{_explain_manual(spec, target)}")
 
 
-def download(url: str, target: Path, *, spec: WeightsSpec = FID_WEIGHTS, progress: bool = True,
+def download(url: str, target: Path, *, spec: WeightsFile = FID_WEIGHTS, progress: bool = True,
              timeout: float = 60.0) -> None:
     """Fetch ``url`` to ``target`` via a temporary file; verify size and SHA-256 before the rename.
     Nothing is left under ``target`` unless the file is verified."""
@@ -136,14 +136,14 @@ def download(url: str, target: Path, *, spec: WeightsSpec = FID_WEIGHTS, progres
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or spec.size)
-            bar = _progress_bar(total, progress, url)
+            bar = _progress_bar(total, progress, _label(spec))
             with atomic_writer(target) as handle:
                 while True:
                     block = response.read(_CHUNK)
                     if not block:
                         break
                     received += len(block)
-                    if received > spec.size:
+                    if received > (spec.size or _UNKNOWN_SIZE_CAP):
                         raise WeightsError(f"{url} sent more than the expected {spec.size} bytes")
                     digest.update(block)
                     handle.write(block)
@@ -151,7 +151,7 @@ def download(url: str, target: Path, *, spec: WeightsSpec = FID_WEIGHTS, progres
                         bar.update(len(block))
                 if bar is not None:
                     bar.close()
-                if received != spec.size:
+                if spec.size and received != spec.size:
                     raise WeightsError(f"{url} sent {received} bytes, expected {spec.size} "
                                        "(truncated transfer)")
                 if digest.hexdigest() != spec.sha256:
@@ -162,14 +162,14 @@ def download(url: str, target: Path, *, spec: WeightsSpec = FID_WEIGHTS, progres
         raise WeightsError(f"{url}: {reason}") from None
 
 
-def _progress_bar(total: int, enabled: bool, url: str):
+def _progress_bar(total: int, enabled: bool, label: str):
     if not enabled:
         return None
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         return None
-    return tqdm(total=total, unit="B", unit_scale=True, desc="FID Inception weights", file=sys.stderr,
+    return tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr,
                 leave=False)
 
 

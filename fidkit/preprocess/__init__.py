@@ -1,202 +1,36 @@
-"""Named preprocessing conventions: how an image becomes the FID Inception's 299x299 input.
+"""Preprocessing: how a decoded image (uint8 (H, W, 3)) becomes a network's input.
 
-Every FID tool resizes and normalises differently, and the differences move FID by more than the
-gaps papers report. A convention here reproduces one tool exactly and its name is recorded in every
-stats file, so two numbers are only compared when they were made the same way.
-
-| name          | resize to 299x299                                 | normalise        | reproduces |
-|---------------|---------------------------------------------------|------------------|------------|
-| `tf1`         | TF1 bilinear, no half-pixel offset, float32        | (x - 128) / 128  | TTUR, torch-fidelity |
-| `pytorch-fid` | torch bilinear, align_corners=False, no antialias  | 2 (x / 255) - 1  | pytorch-fid |
-| `clean`       | PIL bicubic per channel in float32, clip 0..255    | (x - 128) / 128  | clean-fid 0.1.35 `mode="clean"` |
-| `antialias`   | torch bilinear, align_corners=False, antialias     | (x - 128) / 128  | torchmetrics >= 1.8 `FrechetInceptionDistance` |
-
-Inputs already 299x299 are never resized. A convention's ``prepare`` takes float32 values on the
-0..255 scale, shape (N, 3, H, W), on any device, and returns float32 (N, 3, 299, 299).
+Each extractor names its own conventions (:meth:`fidkit.extractors.base.Extractor.conventions`),
+each reproducing one tool's resize and normalisation exactly; the name is recorded in every stats
+file. The FID Inception's four live in :mod:`fidkit.preprocess.inception`; shared resize
+primitives in :mod:`fidkit.preprocess.resize`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from fidkit.extractors.base import Convention
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from fidkit.defaults import CONVENTION_NAMES, DEFAULT_CONVENTION, INPUT_SIZE
-from fidkit.errors import UsageError
+__all__ = ["Convention", "get_convention", "convention_names"]
 
 
-@dataclass(frozen=True)
-class Convention:
-    """A named resize + normalise rule. ``prepare`` maps float32 (N, 3, H, W) on the 0..255
-    scale to the network's float32 (N, 3, 299, 299) input."""
+def get_convention(name: str | None, features: str | None = None) -> Convention:
+    """The convention ``name`` of extractor ``features`` (None: the FID Inception; a None name:
+    the extractor's default). Raises UsageError for an unknown name."""
+    from fidkit.extractors import get_extractor
 
-    name: str
-    reproduces: str
-    description: str
-    prepare: Callable[[torch.Tensor], torch.Tensor]
-    #: Whether ``prepare`` is torch arithmetic that can run on a CUDA card for a whole batch
-    #: (the feature pipeline then sends decoded uint8 images there); False for PIL's resize.
-    batched_on_device: bool = True
-
-    def prepare_image(self, image: np.ndarray) -> torch.Tensor:
-        """One uint8 (H, W, 3) image -> float32 (3, 299, 299) network input (CPU)."""
-        if not image.flags.writeable or not image.flags.c_contiguous:
-            image = np.array(image, copy=True)  # torch wants writable, contiguous memory
-        x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float()
-        return self.prepare(x)[0]
+    return get_extractor(features).convention(name)
 
 
-def resize_tf1_bilinear(x: torch.Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> torch.Tensor:
-    """TensorFlow 1.x ``resize_bilinear`` with ``align_corners=False``.
+def convention_names(features: str | None = None) -> list[str]:
+    """The convention names of extractor ``features`` (None: the FID Inception)."""
+    from fidkit.extractors import get_extractor
 
-    TF1 maps output pixel i to input coordinate ``i * in / out`` (no half-pixel offset), takes
-    the floor and the next pixel (clamped at the edge) and interpolates in float32:
-    ``top = tl + (tr - tl) * dx``, ``out = top + (bottom - top) * dy``. torch's bilinear samples at
-    ``(i + 0.5) * in / out - 0.5`` instead, which shifts the image by up to half a pixel.
-    x: float (N, C, H, W) on any device; returns float (N, C, size[0], size[1]).
-
-    The horizontal step is done once per input row and the rows are gathered afterwards: each
-    output value is the same float32 operations on the same operands as TF1's per-pixel order
-    (bit-identical to torch-fidelity's port, tests/test_conventions.py), at a third of the work.
-    """
-    n, c, h, w = x.shape
-    out_h, out_w = size
-    if (h, w) == (out_h, out_w):
-        return x
-    y0, y1, dy = _tf1_axis(h, out_h, x.device, x.dtype)
-    x0, x1, dx = _tf1_axis(w, out_w, x.device, x.dtype)
-    rows = x.reshape(n * c, h, w)
-    left = torch.gather(rows, 2, x0.view(1, 1, out_w).expand(n * c, h, out_w))
-    across = torch.gather(rows, 2, x1.view(1, 1, out_w).expand(n * c, h, out_w))
-    across.sub_(left).mul_(dx.view(1, 1, out_w)).add_(left)  # tl + (tr - tl) * dx, every row
-    top = across.index_select(1, y0)
-    bottom = across.index_select(1, y1)
-    bottom.sub_(top).mul_(dy.view(1, out_h, 1)).add_(top)  # top + (bottom - top) * dy
-    return bottom.view(n, c, out_h, out_w)
+    return list(get_extractor(features).convention_names)
 
 
-_TF1_AXES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+def __getattr__(name: str):
+    # The Inception resize functions, where tests and benchmarks have long imported them from.
+    if name in ("resize_tf1_bilinear", "resize_pil_bicubic_float", "CONVENTIONS"):
+        from fidkit.preprocess import inception
 
-
-def _tf1_axis(in_size: int, out_size: int, device: torch.device, dtype: torch.dtype):
-    """(lower index, upper index, fraction) of TF1's sample positions along one axis (cached)."""
-    key = (in_size, out_size, str(device), dtype)
-    cached = _TF1_AXES.get(key)
-    if cached is None:
-        scale = torch.tensor(in_size / out_size, dtype=torch.float32)
-        coord = torch.arange(out_size, dtype=torch.float32) * scale
-        lo = coord.floor().long().clamp_max(in_size - 1)
-        hi = (lo + 1).clamp_max(in_size - 1)
-        frac = (coord - lo.float()).to(dtype)
-        cached = (lo.to(device), hi.to(device), frac.to(device))
-        if len(_TF1_AXES) > 64:
-            _TF1_AXES.clear()
-        _TF1_AXES[key] = cached
-    return cached
-
-
-def _prepare_tf1(x: torch.Tensor) -> torch.Tensor:
-    x = resize_tf1_bilinear(x)
-    return (x - 128) / 128
-
-
-def _prepare_pytorch_fid(x: torch.Tensor) -> torch.Tensor:
-    # pytorch-fid: ToTensor (x / 255), bilinear with align_corners=False, then 2x - 1.
-    x = x / 255
-    if tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-    return 2 * x - 1
-
-
-def resize_pil_bicubic_float(x: torch.Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> torch.Tensor:
-    """clean-fid's "clean" resize: each channel as a float32 PIL image (mode ``F``), PIL bicubic
-    (which antialiases when shrinking), then clipped to 0..255 and NOT re-quantised to uint8.
-
-    Computed by PIL itself on the CPU, because the point is to match PIL's filter to the last bit.
-    x: float (N, C, H, W) on the 0..255 scale, any device; returns float32 (N, C, size[0], size[1])
-    on x's device.
-    """
-    from PIL import Image
-
-    n, c, h, w = x.shape
-    out_h, out_w = size
-    if (h, w) == (out_h, out_w):
-        return x
-    planes = x.detach().to("cpu", torch.float32).numpy()
-    out = np.empty((n, c, out_h, out_w), dtype=np.float32)
-    for i in range(n):
-        for ch in range(c):
-            img = Image.fromarray(np.ascontiguousarray(planes[i, ch]), mode="F")
-            # PIL sizes are (width, height)
-            out[i, ch] = np.asarray(img.resize((out_w, out_h), resample=Image.BICUBIC))
-    np.clip(out, 0, 255, out=out)
-    return torch.from_numpy(out).to(x.device)
-
-
-def _prepare_clean(x: torch.Tensor) -> torch.Tensor:
-    return (resize_pil_bicubic_float(x) - 128) / 128
-
-
-def _prepare_antialias(x: torch.Tensor) -> torch.Tensor:
-    # torchmetrics >= 1.8 resizes the uint8 image cast to float32 with antialiased bilinear; at
-    # 299x299 the antialiased bilinear is the identity, so no special case is needed.
-    x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
-                      antialias=True)
-    return (x - 128) / 128
-
-
-CONVENTIONS: dict[str, Convention] = {}
-
-
-def register(convention: Convention) -> Convention:
-    CONVENTIONS[convention.name] = convention
-    return convention
-
-
-register(Convention(
-    name="tf1",
-    reproduces="TTUR (TF1), torch-fidelity 0.3-0.4",
-    description="TF1 bilinear resize without half-pixel offset, then (x - 128) / 128",
-    prepare=_prepare_tf1,
-))
-register(Convention(
-    name="pytorch-fid",
-    reproduces="pytorch-fid 0.3.0",
-    description="x / 255, torch bilinear (align_corners=False, no antialias), then 2x - 1",
-    prepare=_prepare_pytorch_fid,
-))
-
-
-register(Convention(
-    name="clean",
-    reproduces="clean-fid 0.1.35 (mode='clean')",
-    description="PIL bicubic resize per channel in float32, clip to 0..255 (no re-quantisation), "
-                "then (x - 128) / 128",
-    prepare=_prepare_clean,
-    batched_on_device=False,
-))
-register(Convention(
-    name="antialias",
-    reproduces="torchmetrics >= 1.8 FrechetInceptionDistance (antialias=True, its default)",
-    description="torch bilinear (align_corners=False, antialias=True), then (x - 128) / 128",
-    prepare=_prepare_antialias,
-))
-
-
-if tuple(CONVENTIONS) != CONVENTION_NAMES:  # pragma: no cover - a developer's mistake
-    raise RuntimeError("fidkit.defaults.CONVENTION_NAMES is out of date with the registry")
-
-
-def get_convention(name: str | None) -> Convention:
-    """Look a convention up by name (None: the default, ``tf1``); UsageError if unknown."""
-    key = DEFAULT_CONVENTION if name is None else str(name)
-    try:
-        return CONVENTIONS[key]
-    except KeyError:
-        raise UsageError(f"unknown convention {key!r}; choose from {', '.join(sorted(CONVENTIONS))}") from None
-
-
-def convention_names() -> list[str]:
-    return sorted(CONVENTIONS)
+        return getattr(inception, name)
+    raise AttributeError(f"module 'fidkit.preprocess' has no attribute {name!r}")

@@ -35,7 +35,7 @@ from fidkit.errors import FidkitError
 from fidkit.statistics import Statistics
 
 #: Bumped when the key's definition changes, so old entries are simply never matched.
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: keyed by extractor
 
 
 def stats_cache_dir() -> Path:
@@ -130,11 +130,11 @@ def _fingerprint_or_none(folder: Path, fields: dict[str, Any]) -> list | None:
     return [list(f) for f in files]
 
 
-def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursive: bool,
-              skip_bad: bool, dicom: Any = None, progress: bool = True,
-              fast: bool | None = None) -> CacheEntry | None:
-    """The cache entry for computing statistics of ``source`` with these options, or None when
-    ``source`` is not a folder path (or a torch.distributed group is running).
+def entry_for(source: Any, pipeline: Any, *, recursive: bool, skip_bad: bool, dicom: Any = None,
+              progress: bool = True) -> CacheEntry | None:
+    """The cache entry for computing statistics of ``source`` with ``pipeline`` (a resolved
+    :class:`fidkit.extraction.Pipeline`), or None when ``source`` is not a folder path (or a
+    torch.distributed group is running, or the extractor is a user's in-memory module).
 
     Resolves the weights (hashing the file, ~0.3 s for the canonical one; downloading it if it is
     nowhere, as the computation would): raises what :func:`fidkit.extractors.weights.resolve_weights` raises.
@@ -156,20 +156,25 @@ def entry_for(source: Any, *, dims: int, convention: str, weights: Any, recursiv
         from fidkit.dicom.source import DicomOptions
 
         dicom_meta = (dicom if dicom is not None else DicomOptions()).to_meta()
-    resolved = resolve_weights(weights, progress=progress)
+    from fidkit.extractors import get_extractor
+
+    extractor = get_extractor(pipeline.features)
+    if extractor.weights is None:
+        return None  # a user's module can change between runs without the key seeing it
+    resolved = resolve_weights(pipeline.weights, spec=extractor.weights, progress=progress)
     fields: dict[str, Any] = {
         "key_version": KEY_VERSION,
         "fidkit_version": __version__,
         "kind": kind,
         "folder": str(folder.resolve()),
         "recursive": bool(recursive),
-        "dims": int(dims),
-        "convention": str(convention),
+        "extractor": extractor.name,
+        "dims": int(pipeline.dims),
+        "convention": str(pipeline.convention),
         "weights_sha256": resolved.sha256,
         "dicom": dicom_meta,
         "skip_bad": bool(skip_bad),
-        # The reference and blocked networks give the same bits: only folding changes them.
-        "folded": fast == "folded",
+        # Not the network copy: "reference" and "blocked" give the same bits.
     }
     files = _fingerprint_or_none(folder, fields)
     if files is None:

@@ -14,6 +14,7 @@ FORMAT_VERSION = 1
 #: the clean-fid paper: resize/normalisation choices move FID by a few percent up to tens of percent
 #: at low resolution; different layers or weights give unrelated numbers).
 EFFECT = {
+    "extractor": "features of different networks: the numbers are unrelated",
     "dims": "features from different layers: the numbers are unrelated",
     "convention": "resize/normalisation differences typically move FID by 1-10 % (more for small "
                   "or upscaled images)",
@@ -23,24 +24,46 @@ EFFECT = {
 
 
 def build_meta(*, dims: int, convention: str, weights: dict[str, Any], n: int,
-               source: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``meta`` dict of a :class:`fidkit.Statistics` (JSON-able)."""
+               source: dict[str, Any], extra: dict[str, Any] | None = None,
+               extractor: Any = None) -> dict[str, Any]:
+    """The ``meta`` dict of a :class:`fidkit.Statistics` (JSON-able). ``extractor``: the
+    :class:`~fidkit.extractors.base.Extractor` that made the features (None: the FID Inception).
+    ``meta["licence"]`` is set when the weights' licence restricts use (e.g. non-commercial)."""
+    from fidkit.extractors import get_extractor
+
+    ex = get_extractor(extractor)
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fidkit_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "network": "fid-inception-v3 (TF 2015-12-05)",
+        "extractor": ex.name,
         "weights": dict(weights),
         "dims": int(dims),
-        "tap": "pool_3" if dims == 2048 else f"{dims}-channel block mean",
+        "tap": ex.tap_for(int(dims)),
         "convention": convention,
         "n": int(n),
         "source": dict(source),
     }
+    if restricted_licence(ex.licence):
+        meta["licence"] = ex.licence
     if extra:
         meta.update(extra)
     return meta
+
+
+def restricted_licence(licence: str) -> bool:
+    """Whether a weights licence limits use (non-commercial, research only): said in every
+    output made with it."""
+    text = licence.upper()
+    return "NC" in text.replace("-", " ").split() or "NON-COMMERCIAL" in text or "NONCOMMERCIAL" in text \
+        or "RESEARCH" in text
+
+
+def extractor_of(meta: dict[str, Any] | None) -> str:
+    """The extractor a known fidkit meta was made with (files from before extractors were
+    recorded were all made by the FID Inception)."""
+    return str((meta or {}).get("extractor") or "inception")
 
 
 def is_known(meta: dict[str, Any] | None) -> bool:
@@ -81,6 +104,9 @@ def differences(a: dict[str, Any] | None, b: dict[str, Any] | None,
     if a is None or b is None:
         return out
     if is_known(a) and is_known(b):
+        if extractor_of(a) != extractor_of(b):
+            out.append(f"extractors differ: {na} {extractor_of(a)}, {nb} {extractor_of(b)} "
+                       f"({EFFECT['extractor']})")
         if a.get("dims") != b.get("dims"):
             out.append(f"dims differ: {na} {a.get('dims')}, {nb} {b.get('dims')} ({EFFECT['dims']})")
         if a.get("convention") != b.get("convention"):

@@ -43,13 +43,19 @@ class BasicConv2d(nn.Module):
         return torch.relu_(self.bn(self.conv(x)))
 
 
-def _cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Channel concatenation (of the blocked network's opaque tensors too: fidkit.extractors.networks.inception_blocked)."""
-    if not any(t.is_mkldnn for t in parts):
-        return torch.cat(parts, 1)
-    from fidkit.extractors.networks.inception_blocked import concat_blocked
+class Concat(nn.Module):
+    """Channel concatenation of a block's branches. A module (no parameters) rather than a call,
+    so that a faster copy of the network can swap it (:mod:`inception_blocked` does)."""
 
-    return concat_blocked(parts)
+    def forward(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(parts), 1)
+
+
+class GlobalAvgPool(nn.Module):
+    """Spatial mean: (N, C, H, W) -> (N, C). A module so that a faster copy can swap it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
 
 
 def _avg_pool_3x3(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +66,7 @@ def _avg_pool_3x3(x: torch.Tensor) -> torch.Tensor:
 class InceptionA(nn.Module):
     def __init__(self, cin: int, pool_features: int) -> None:
         super().__init__()
+        self.concat = Concat()
         self.branch1x1 = BasicConv2d(cin, 64, 1)
         self.branch5x5_1 = BasicConv2d(cin, 48, 1)
         self.branch5x5_2 = BasicConv2d(48, 64, 5, padding=2)
@@ -73,12 +80,13 @@ class InceptionA(nn.Module):
         b = self.branch5x5_2(self.branch5x5_1(x))
         c = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         d = self.branch_pool(_avg_pool_3x3(x))
-        return _cat([a, b, c, d])
+        return self.concat([a, b, c, d])
 
 
 class InceptionB(nn.Module):
     def __init__(self, cin: int) -> None:
         super().__init__()
+        self.concat = Concat()
         self.branch3x3 = BasicConv2d(cin, 384, 3, stride=2)
         self.branch3x3dbl_1 = BasicConv2d(cin, 64, 1)
         self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
@@ -88,12 +96,13 @@ class InceptionB(nn.Module):
         a = self.branch3x3(x)
         b = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         c = F.max_pool2d(x, kernel_size=3, stride=2)
-        return _cat([a, b, c])
+        return self.concat([a, b, c])
 
 
 class InceptionC(nn.Module):
     def __init__(self, cin: int, c7: int) -> None:
         super().__init__()
+        self.concat = Concat()
         self.branch1x1 = BasicConv2d(cin, 192, 1)
         self.branch7x7_1 = BasicConv2d(cin, c7, 1)
         self.branch7x7_2 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
@@ -113,12 +122,13 @@ class InceptionC(nn.Module):
                       self.branch7x7dbl_5):
             c = layer(c)
         d = self.branch_pool(_avg_pool_3x3(x))
-        return _cat([a, b, c, d])
+        return self.concat([a, b, c, d])
 
 
 class InceptionD(nn.Module):
     def __init__(self, cin: int) -> None:
         super().__init__()
+        self.concat = Concat()
         self.branch3x3_1 = BasicConv2d(cin, 192, 1)
         self.branch3x3_2 = BasicConv2d(192, 320, 3, stride=2)
         self.branch7x7x3_1 = BasicConv2d(cin, 192, 1)
@@ -132,12 +142,13 @@ class InceptionD(nn.Module):
         for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
             b = layer(b)
         c = F.max_pool2d(x, kernel_size=3, stride=2)
-        return _cat([a, b, c])
+        return self.concat([a, b, c])
 
 
 class InceptionE(nn.Module):
     def __init__(self, cin: int, max_pool_branch: bool) -> None:
         super().__init__()
+        self.concat = Concat()
         self.max_pool_branch = max_pool_branch
         self.branch1x1 = BasicConv2d(cin, 320, 1)
         self.branch3x3_1 = BasicConv2d(cin, 384, 1)
@@ -152,22 +163,18 @@ class InceptionE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.branch1x1(x)
         b = self.branch3x3_1(x)
-        b = _cat([self.branch3x3_2a(b), self.branch3x3_2b(b)])
+        b = self.concat([self.branch3x3_2a(b), self.branch3x3_2b(b)])
         c = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        c = _cat([self.branch3x3dbl_3a(c), self.branch3x3dbl_3b(c)])
+        c = self.concat([self.branch3x3dbl_3a(c), self.branch3x3dbl_3b(c)])
         if self.max_pool_branch:
             # The TF graph's Mixed_7c pools with max, not average (kept for FID compatibility).
             pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
         else:
             pooled = _avg_pool_3x3(x)
         d = self.branch_pool(pooled)
-        return _cat([a, b, c, d])
+        return self.concat([a, b, c, d])
 
 
-def _global_pool(x: torch.Tensor) -> torch.Tensor:
-    if x.is_mkldnn:  # oneDNN's global pool sums in another order than torch's: pool in NCHW
-        x = x.to_dense()
-    return torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
 
 
 class FIDInceptionV3(nn.Module):
@@ -200,6 +207,7 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, max_pool_branch=False)
         self.Mixed_7c = InceptionE(2048, max_pool_branch=True)
+        self.global_pool = GlobalAvgPool()
         self.fc = nn.Linear(2048, LOGITS_DIM)
         super().train(False)
 
@@ -216,14 +224,14 @@ class FIDInceptionV3(nn.Module):
         x = self.Conv2d_2b_3x3(x)  # N x 64 x 147 x 147
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # N x 64 x 73 x 73
         if "64" in want:
-            out["64"] = _global_pool(x)
+            out["64"] = self.global_pool(x)
         if not _needs_beyond(want, "64"):
             return out
         x = self.Conv2d_3b_1x1(x)  # N x 80 x 73 x 73
         x = self.Conv2d_4a_3x3(x)  # N x 192 x 71 x 71
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # N x 192 x 35 x 35
         if "192" in want:
-            out["192"] = _global_pool(x)
+            out["192"] = self.global_pool(x)
         if not _needs_beyond(want, "192"):
             return out
         x = self.Mixed_5b(x)  # N x 256 x 35 x 35
@@ -235,13 +243,13 @@ class FIDInceptionV3(nn.Module):
         x = self.Mixed_6d(x)
         x = self.Mixed_6e(x)  # N x 768 x 17 x 17
         if "768" in want:
-            out["768"] = _global_pool(x)
+            out["768"] = self.global_pool(x)
         if not _needs_beyond(want, "768"):
             return out
         x = self.Mixed_7a(x)  # N x 1280 x 8 x 8
         x = self.Mixed_7b(x)  # N x 2048 x 8 x 8
         x = self.Mixed_7c(x)  # N x 2048 x 8 x 8
-        pool3 = _global_pool(x)  # N x 2048
+        pool3 = self.global_pool(x)  # N x 2048
         if "2048" in want:
             out["2048"] = pool3
         if "logits_unbiased" in want:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fidkit.extractors.networks.inception import BasicConv2d, FIDInceptionV3
+from fidkit.extractors.networks.inception import BasicConv2d, Concat, FIDInceptionV3, GlobalAvgPool
 
 
 def blocked_supported(device: torch.device | str) -> bool:
@@ -141,6 +141,22 @@ def concat_blocked(parts: Sequence[torch.Tensor]) -> torch.Tensor:
         dense.to_mkldnn(), ones, None, [0, 0], [1, 1], [1, 1], channels, "none", [], None)
 
 
+class BlockedConcat(Concat):
+    """The blocks' concatenation on opaque blocked tensors (:func:`concat_blocked`)."""
+
+    def forward(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not any(t.is_mkldnn for t in parts):
+            return torch.cat(list(parts), 1)
+        return concat_blocked(parts)
+
+
+class DenseGlobalAvgPool(GlobalAvgPool):
+    """The spatial mean in NCHW: oneDNN's global pool sums in another order than torch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to_dense() if x.is_mkldnn else x)
+
+
 def blocked_copy(model: FIDInceptionV3) -> FIDInceptionV3:
     """A copy of ``model`` (on the CPU) whose convolution + batch norm + ReLU layers run on
     blocked tensors (:class:`BlockedConv2d`). Same outputs, same bits; feed it dense NCHW float32
@@ -155,6 +171,10 @@ def blocked_copy(model: FIDInceptionV3) -> FIDInceptionV3:
                 # built from the model's own layer, which it keeps for torch's non-oneDNN cases
                 original = model.get_submodule(f"{parent_name}.{name}" if parent_name else name)
                 setattr(parent, name, BlockedConv2d(original))
+            elif isinstance(child, Concat):
+                setattr(parent, name, BlockedConcat())
+            elif isinstance(child, GlobalAvgPool):
+                setattr(parent, name, DenseGlobalAvgPool())
     return blocked.train(False)
 
 

@@ -1,0 +1,191 @@
+"""The features stage as one call: a source through an extractor, into a streaming accumulator
+(and, when asked, per-image arrays), with the provenance of every choice.
+
+    source --(Pipeline: extractor, dims, convention, weights, network)--> Extraction
+    Extraction.statistics() -> Statistics
+
+:class:`Pipeline` holds what decides the numbers (it is recorded in ``meta`` and in the cache key);
+:class:`Runtime` holds what only changes how fast they come (device, batch size, workers,
+progress). :func:`extract` runs one source; under torch.distributed each rank runs its block and
+every rank gets the whole (:mod:`fidkit.distributed`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fidkit.errors import InputError
+from fidkit.statistics import Statistics, StatisticsAccumulator
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What decides the features: the extractor (``features``, a registry name; None: the FID
+    Inception), its tap (``dims``; None: the extractor's default), its preprocessing convention
+    (None: its default), the weights file (None: the canonical file, cached or downloaded) and
+    the network copy (``network``: "auto", "reference" or "blocked"; all give the same bits)."""
+
+    features: str | None = None
+    dims: int | None = None
+    convention: str | None = None
+    weights: str | os.PathLike | None = None
+    network: str | None = None
+
+    def resolved(self) -> "Pipeline":
+        """The same pipeline with the extractor's defaults filled in (name, dims, convention);
+        raises UsageError for an unknown extractor, tap or convention."""
+        from fidkit.extractors import get_extractor
+
+        from fidkit.errors import UsageError
+
+        extractor = get_extractor(self.features)
+        dims = extractor.taps[extractor.tap_for(self.dims)]
+        convention = extractor.default_convention if self.convention is None else self.convention
+        if convention not in extractor.convention_names:
+            raise UsageError(f"unknown convention {convention!r} for {extractor.name}; choose "
+                             f"from {', '.join(extractor.convention_names)} "
+                             "(convention=/--convention)")
+        return replace(self, features=extractor.name, dims=int(dims), convention=convention)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the features are computed, without changing them: ``device`` ("cpu", "cuda[:N]";
+    None: CUDA when available), images per network batch (None: 50 on a GPU, 16 on the CPU),
+    decoding workers (None: half the CPUs, 1 to 8), and a progress bar on stderr."""
+
+    device: str | None = None
+    batch_size: int | None = None
+    workers: int | None = None
+    progress: bool | str = True
+
+
+@dataclass
+class Extraction:
+    """What :func:`extract` gives: the streaming accumulator of the tap's features, the
+    per-image arrays that were asked for (float32 (N, D), in the source's order of used items),
+    the provenance ``meta``, and the report of used and skipped items."""
+
+    accumulator: StatisticsAccumulator
+    meta: dict[str, Any]
+    features: np.ndarray | None = None
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return self.accumulator.n
+
+    def statistics(self) -> Statistics:
+        """Mean and covariance (float64) of the tap's features, with the provenance."""
+        stats = self.accumulator.statistics(dict(self.meta))
+        return stats
+
+
+def extract(source: Any, pipeline: Pipeline = Pipeline(), runtime: Runtime = Runtime(), *,
+            recursive: bool = False, dicom: Any = None, skip_bad: bool = False,
+            keep_features: bool = False, keep_outputs: tuple[str, ...] = (),
+            manifest: str | os.PathLike | None = None) -> Extraction:
+    """Run ``source`` (a folder, a DICOM folder, an image array file, a uint8 array (N, H, W, 3)
+    or tensor (N, 3, H, W), or a :class:`fidkit.sources.Source`) through ``pipeline``.
+
+    ``keep_features``: also return the per-image tap features (float32 (N, dims)).
+    ``keep_outputs``: other outputs of the same pass to return per image, e.g.
+    ``("logits_unbiased",)`` of the FID Inception for the Inception Score.
+    ``manifest``: write the items used (in order, with sizes) and skipped to this JSON file; its
+    SHA-256 goes into the provenance. Raises InputError (fewer than 2 usable images, a bad
+    path), BadImageError (unless ``skip_bad``), WeightsError, UsageError.
+    """
+    from fidkit.sources import open_source
+
+    pipeline = pipeline.resolved()
+    # The source first: a missing path or an empty folder is reported before torch is imported.
+    src = source if _is_source(source) else open_source(source, recursive=recursive, dicom=dicom)
+    from fidkit import distributed
+    from fidkit.extractors import get_extractor
+    from fidkit.extractors.runner import ExtractionReport, iter_features, load_model, network_meta
+
+    extractor = get_extractor(pipeline.features)
+    tap = extractor.tap_for(pipeline.dims)
+    convention = extractor.convention(pipeline.convention)
+    wanted = (tap,) + tuple(o for o in keep_outputs if o != tap)
+    acc = StatisticsAccumulator(int(pipeline.dims))
+    keep = set(keep_outputs) | ({tap} if keep_features else set())
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in wanted if name in keep}
+    report = ExtractionReport()
+    part = distributed.shard(src)
+    with distributed.agreed_errors():
+        model, resolved = load_model(pipeline.weights, outputs=wanted, device=runtime.device,
+                                     progress=bool(runtime.progress), features=extractor)
+        for out in iter_features(part, model, convention, batch_size=runtime.batch_size,
+                                 workers=runtime.workers, skip_bad=skip_bad,
+                                 progress=runtime.progress, report=report,
+                                 network=pipeline.network):
+            acc.update(out[tap])
+            for name, batches in kept.items():
+                batches.append(out[name].float().cpu().numpy())
+    acc = distributed.merge_extraction(acc, int(pipeline.dims), part, report, kept)
+    if acc.n < 2:
+        raise InputError(f"{source_name(source)}: only {acc.n} usable image(s); the statistics "
+                         "need at least 2 (and far more than the feature dimension for a stable "
+                         "number)")
+    described = src.describe()
+    if report.skipped:
+        described["skipped"] = len(report.skipped)
+    if manifest is not None:
+        described["manifest_sha256"] = write_manifest(manifest, src, report)
+    from fidkit.statistics.provenance import build_meta
+
+    extra: dict[str, Any] = network_meta(report.network)
+    dicom_options = getattr(src, "options", None)
+    if dicom_options is not None and hasattr(dicom_options, "to_meta"):
+        extra["dicom"] = dicom_options.to_meta()
+    meta = build_meta(extractor=extractor, dims=int(pipeline.dims), convention=convention.name,
+                      weights=resolved.describe(), n=acc.n, source=described, extra=extra)
+    result = Extraction(accumulator=acc, meta=meta, skipped=list(report.skipped))
+    if keep_features:
+        result.features = np.concatenate(kept[tap])
+    for name in keep_outputs:
+        result.outputs[name] = np.concatenate(kept[name])
+    return result
+
+
+def _is_source(value: Any) -> bool:
+    return all(hasattr(value, attr) for attr in ("load", "item_name", "describe", "__len__"))
+
+
+def write_manifest(path: str | os.PathLike, source: Any, report: Any) -> str:
+    """Write the items used (in order, with sizes) and skipped; returns the SHA-256 of the used
+    list."""
+    from fidkit.fileio import atomic_write_bytes
+
+    used = []
+    for index in report.used:
+        name = source.item_name(index)
+        try:
+            size = os.path.getsize(name)
+        except OSError:
+            size = None
+        used.append({"item": name, "size": size})
+    canonical = json.dumps(used, sort_keys=True).encode()
+    digest = hashlib.sha256(canonical).hexdigest()
+    body = {"used": used, "used_sha256": digest,
+            "skipped": [{"item": item, "reason": reason} for item, reason in report.skipped]}
+    atomic_write_bytes(path, (json.dumps(body, indent=1) + "\n").encode())
+    return digest
+
+
+def source_name(source: Any) -> str:
+    """How a side is named in messages: its path, or its type."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+
+
+def note(message: str) -> None:
+    """A progress or warning line on stderr (stdout stays machine-readable)."""
+    print(f"fidkit: {message}", file=sys.stderr)
