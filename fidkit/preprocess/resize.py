@@ -41,3 +41,38 @@ def resize_pil_uint8(x: torch.Tensor, size: tuple[int, int], resample: str = "bi
         # PIL sizes are (width, height)
         out[i] = np.asarray(Image.fromarray(images[i]).resize((out_w, out_h), resample=flt))
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().to(x.device)
+
+
+def shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after torchvision's ``Resize(size)`` with an int ``size``: the shorter side
+    becomes ``size`` and the longer ``int(size * long / short)`` (truncated, as torchvision does)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torchvision's ``CenterCrop(size)`` of an image at least that large: offsets
+    ``int(round((H - h) / 2))`` and ``int(round((W - w) / 2))`` (Python's round, half to even).
+
+    x: (N, C, H, W), any dtype and device; size: (h, w) in pixels, at most (H, W).
+    Returns the (N, C, h, w) view. Raises ValueError when the image is smaller than the crop
+    (torchvision would pad; no convention here needs that)."""
+    h, w = x.shape[-2:]
+    out_h, out_w = size
+    if out_h > h or out_w > w:
+        raise ValueError(f"cannot center-crop a {h}x{w} image to {out_h}x{out_w}")
+    top = int(round((h - out_h) / 2.0))
+    left = int(round((w - out_w) / 2.0))
+    return x[..., top:top + out_h, left:left + out_w]
+
+
+def center_crop_square(x: torch.Tensor) -> torch.Tensor:
+    """The largest centred square, with the offsets ``(H - side) // 2`` and ``(W - side) // 2``
+    (floored, as a PIL ``crop`` box computed with integer division; CMMD's reference does this).
+
+    x: (N, C, H, W), any dtype and device. Returns the (N, C, side, side) view, side = min(H, W)."""
+    h, w = x.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return x[..., top:top + side, left:left + side]
