@@ -67,6 +67,14 @@ def test_network_matches_torchvision_resnet50(fidkit_net, hub_net, shape):
     assert float((ref[0] - ref[1]).abs().max()) > 1e-2 * float(ref.abs().max())
 
 
+def test_network_ignores_the_input_memory_layout(fidkit_net):
+    # A permuted HWC image is a channels-last view; the peers see contiguous NCHW.
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(fidkit_net(x.to(memory_format=torch.channels_last))["avgpool"],
+                           fidkit_net(x)["avgpool"])
+
+
 def _studiogan_clean(images: np.ndarray) -> torch.Tensor:
     """StudioGAN 947b35e (the fid-med-eval submodule), utils/resize.py make_resizer("PIL",
     "bicubic", (224, 224)) + utils/ops.py resize_images, step by step."""

@@ -109,21 +109,9 @@ def resize_pil_bilinear_shorter_side(x: "torch.Tensor", short: int) -> "torch.Te
 
     x: float (N, 3, H, W) holding integers 0..255 (decoded images), any device; returns float32
     (N, 3, h, w) on the 0..255 scale on x's device, with (h, w) from :func:`shorter_side_size`."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    from fidkit.preprocess.resize import resize_pil_uint8
 
-    n, _, h, w = x.shape
-    out_h, out_w = shorter_side_size(h, w, short)
-    pixels = x.detach().to("cpu", torch.float32).round().clamp(0, 255).to(torch.uint8)
-    pixels = pixels.permute(0, 2, 3, 1).contiguous().numpy()
-    out = np.empty((n, out_h, out_w, 3), dtype=np.uint8)
-    for i in range(n):
-        img = Image.fromarray(pixels[i])  # uint8 (H, W, 3) -> mode "RGB"
-        if (h, w) != (out_h, out_w):
-            img = img.resize((out_w, out_h), resample=Image.BILINEAR)
-        out[i] = np.asarray(img)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, torch.float32)
+    return resize_pil_uint8(x, shorter_side_size(x.shape[-2], x.shape[-1], short), "bilinear")
 
 
 def _prepare_studiogan_clean(x: "torch.Tensor") -> "torch.Tensor":

@@ -92,7 +92,9 @@ class ResNet50(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        # N x 3 x 224 x 224
+        # Strides pick the convolution kernels (a channels-last view, e.g. an HWC image permuted,
+        # runs others, 1e-5 apart): the peers feed contiguous NCHW, so the network does too.
+        x = x.contiguous()  # N x 3 x 224 x 224
         x = torch.relu_(self.bn1(self.conv1(x)))  # N x 64 x 112 x 112
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # N x 64 x 56 x 56
         x = self.layer1(x)  # N x 256 x 56 x 56
