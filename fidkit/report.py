@@ -364,6 +364,10 @@ def provenance_warnings(meta: Mapping[str, Any]) -> list[str]:
     if w and not w.get("canonical", False) and w.get("file") != "in-memory module":
         out.append(f"computed with NON-canonical weights (SHA-256 {str(w.get('sha256'))[:12]}...): "
                    "not comparable to published numbers")
+    if w and w.get("hash_published") is False and w.get("canonical"):
+        out.append(f"no SHA-256 is published for {meta.get('extractor')}'s weights: fidkit "
+                   f"checked the file against the hash of its first download "
+                   f"({str(w.get('sha256'))[:12]}...); compare that hash with other machines'")
     if meta.get("licence"):
         out.append(f"features of {meta.get('extractor')} whose weights are licensed "
                    f"{meta['licence']}: check that your use is allowed")

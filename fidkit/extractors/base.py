@@ -65,15 +65,21 @@ class Convention:
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """A weights file found and hashed: ``canonical`` when its SHA-256 is the published one."""
+    """A weights file found and hashed: ``canonical`` when its SHA-256 is the published one, or,
+    where no hash is published (``hash_published`` False), when fidkit fetched it from the
+    official URL itself (its hash then recorded on first download and checked after)."""
 
     path: Any  # pathlib.Path, or None for a user's in-memory module
     sha256: str
     canonical: bool
+    hash_published: bool = True
 
     def describe(self) -> dict[str, Any]:
         name = getattr(self.path, "name", None) or "in-memory module"
-        return {"sha256": self.sha256, "canonical": self.canonical, "file": name}
+        out = {"sha256": self.sha256, "canonical": self.canonical, "file": name}
+        if not self.hash_published:
+            out["hash_published"] = False
+        return out
 
 
 @dataclass(frozen=True)

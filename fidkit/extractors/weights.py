@@ -60,10 +60,17 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def _explain_manual(spec: WeightsFile, target: Path) -> str:
     env = f" / set {WEIGHTS_ENV}" if spec == FID_WEIGHTS else ""
+    sha = f"SHA-256 {spec.sha256}" if spec.sha256 else "SHA-256 not published"
+    size = f", {spec.size} bytes" if spec.size else ""
     return (
-        f"download {spec.urls[0]} (SHA-256 {spec.sha256}, {spec.size} bytes) and save it as "
+        f"download {spec.urls[0]} ({sha}{size}) and save it as "
         f"{target}, or pass weights=PATH (--weights PATH){env}"
     )
+
+
+def _pinned(target: Path) -> Path:
+    """Where the SHA-256 of a file without a published hash is kept after its first download."""
+    return target.with_name(target.name + ".sha256")
 
 
 def _label(spec: WeightsFile) -> str:
@@ -91,7 +98,8 @@ def resolve_weights(
             sha = file_sha256(p)
         except OSError as exc:
             raise WeightsError(f"cannot read weights file {p}: {exc.strerror}") from None
-        return ResolvedWeights(p, sha, sha == spec.sha256)
+        return ResolvedWeights(p, sha, bool(spec.sha256) and sha == spec.sha256,
+                               hash_published=bool(spec.sha256))
 
     target = cache_dir() / spec.filename
     if target.is_file():
@@ -99,12 +107,16 @@ def resolve_weights(
             sha = file_sha256(target)
         except OSError as exc:
             raise WeightsError(f"cannot read cached weights {target}: {exc.strerror}") from None
-        if sha == spec.sha256:
-            return ResolvedWeights(target, sha, True)
+        expected = spec.sha256 or _read_pin(target) or sha  # no published hash: trust on first use
+        size_ok = not spec.size or os.path.getsize(target) == spec.size
+        if sha == expected and size_ok:
+            if not spec.sha256:
+                _write_pin(target, sha)
+            return ResolvedWeights(target, sha, True, hash_published=bool(spec.sha256))
         # Corrupted or partial: keep it for inspection, never use it.
         aside = target.with_name(target.name + ".corrupt")
         os.replace(target, aside)
-        print(f"fidkit: cached weights {target} had SHA-256 {sha[:12]}..., not {spec.sha256[:12]}...; "
+        print(f"fidkit: cached weights {target} had SHA-256 {sha[:12]}..., not {expected[:12]}...; "
               f"moved to {aside.name} and fetching again", file=sys.stderr)
 
     if offline is None:
@@ -115,18 +127,41 @@ def resolve_weights(
     errors = []
     for url in spec.urls:
         try:
-            download(url, target, spec=spec, progress=progress)
-            return ResolvedWeights(target, spec.sha256, True)
+            sha = download(url, target, spec=spec, progress=progress)
+            if not spec.sha256:
+                _write_pin(target, sha)
+                print(f"fidkit: note: no SHA-256 is published for {spec.filename}; recorded "
+                      f"{sha} from this download (checked on every later use)", file=sys.stderr)
+            return ResolvedWeights(target, sha, True, hash_published=bool(spec.sha256))
         except WeightsError as exc:
             errors.append(str(exc))
     raise WeightsError(f"could not download the {_label(spec)} ({'; '.join(errors)}); "
                        f"{_explain_manual(spec, target)}")
 
 
+def _read_pin(target: Path) -> str | None:
+    try:
+        text = _pinned(target).read_text().strip()
+    except OSError:
+        return None
+    return text if len(text) == 64 else None
+
+
+def _write_pin(target: Path, sha: str) -> None:
+    from fidkit.fileio import atomic_write_bytes
+
+    if _read_pin(target) != sha:
+        try:
+            atomic_write_bytes(_pinned(target), (sha + "\n").encode())
+        except OSError:
+            pass  # a read-only cache still works; the pin is a convenience
+
+
 def download(url: str, target: Path, *, spec: WeightsFile = FID_WEIGHTS, progress: bool = True,
-             timeout: float = 60.0) -> None:
-    """Fetch ``url`` to ``target`` via a temporary file; verify size and SHA-256 before the rename.
-    Nothing is left under ``target`` unless the file is verified."""
+             timeout: float = 60.0) -> str:
+    """Fetch ``url`` to ``target`` via a temporary file; verify size and SHA-256 (where
+    published) before the rename; returns the SHA-256. Nothing is left under ``target`` unless
+    the file is verified."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -154,12 +189,13 @@ def download(url: str, target: Path, *, spec: WeightsFile = FID_WEIGHTS, progres
                 if spec.size and received != spec.size:
                     raise WeightsError(f"{url} sent {received} bytes, expected {spec.size} "
                                        "(truncated transfer)")
-                if digest.hexdigest() != spec.sha256:
+                if spec.sha256 and digest.hexdigest() != spec.sha256:
                     raise WeightsError(f"{url} sent a file with SHA-256 {digest.hexdigest()}, "
                                        f"expected {spec.sha256}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise WeightsError(f"{url}: {reason}") from None
+    return digest.hexdigest()
 
 
 def _progress_bar(total: int, enabled: bool, label: str):
