@@ -76,12 +76,14 @@ def test_report_with_both_and_resampled_reference_features():
     mu, cov, _, _ = _population(d)
     rng = np.random.default_rng(3)
     x, y = rng.multivariate_normal(mu, cov, 300), rng.standard_normal((400, d))
-    r = sample_size_report(x, y, ci=True, fid_inf=True, n_boot=10, seed=4)
+    r = sample_size_report(x, y, ci=True, fid_inf=True, n_boot=10, fid_inf_boot=6, seed=4)
     assert r.interval is not None and r.fid_infinity is not None
-    assert r.fid_infinity.interval is not None and r.fid_infinity.interval.n_boot == 10
+    assert r.interval.n_boot == 10
+    assert r.fid_infinity.interval is not None and r.fid_infinity.interval.n_boot == 6
     assert r.fid == pytest.approx(_fid_of(x, Statistics(y.mean(0), np.cov(y, rowvar=False), 400)), rel=1e-8)
-    again = sample_size_report(x, y, ci=True, fid_inf=True, n_boot=10, seed=4)
+    again = sample_size_report(x, y, ci=True, fid_inf=True, n_boot=10, fid_inf_boot=6, seed=4)
     assert again.to_dict() == r.to_dict()  # seeded
+    assert sample_size_report(x, y, ci=False, fid_inf=True, seed=4).fid_infinity.interval is None
 
 
 def test_small_n_warns_and_bad_arguments_raise():
@@ -95,3 +97,90 @@ def test_small_n_warns_and_bad_arguments_raise():
         fid_confidence_interval(np.zeros((10, 3)), ref)
     with pytest.raises(UsageError, match="n_boot"):
         fid_confidence_interval(x, ref, n_boot=1)
+
+
+# --------------------------------------------------------------------------- the fast path
+# Replicates and nested sizes are recomputed the straightforward way: the subset's own covariance
+# (np.cov of the gathered rows) and mean, then the exact Frechet distance on them. The draws follow
+# the order sample_size_report documents.
+
+
+def _straight(rows: np.ndarray, ref: Statistics) -> float:
+    from fidkit.distances.frechet import frechet_from_moments
+
+    return frechet_from_moments(rows.mean(0), np.cov(rows, rowvar=False), ref.mu, ref.sigma).value
+
+
+def _reference(d: int, seed: int, condition: float = 10.0) -> Statistics:
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    eig = np.logspace(0, -np.log10(condition), d)
+    sigma = (q * eig) @ q.T
+    return Statistics(rng.standard_normal(d) * 0.1, (sigma + sigma.T) / 2, 10**6)
+
+
+@pytest.mark.parametrize("n,d,condition,route", [
+    (30, 48, 10.0, "gram"),    # n < d: n x n Gram matrices
+    (240, 24, 10.0, "gram"),   # n > d: d x d Gram matrices, running sums across sizes
+    (240, 24, 1e12, "gram"),   # an ill-conditioned reference
+    (30, 48, 1e12, "svd"),     # the SVD fallback, forced, on both shapes
+    (240, 24, 1e12, "svd"),
+])
+def test_fast_replicates_equal_the_straightforward_ones(n, d, condition, route, monkeypatch):
+    import fidkit.distances.bootstrap as bootstrap
+
+    if route == "svd":
+        monkeypatch.setattr(bootstrap, "REPLICATE_TOLERANCE", -1.0)
+    routes = []
+    real = bootstrap.nuclear_norm_from_gram
+    monkeypatch.setattr(bootstrap, "nuclear_norm_from_gram",
+                        lambda *a, **k: routes.append(real(*a, **k)) or routes[-1])
+    ref = _reference(d, seed=d, condition=condition)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, d)) * np.linspace(0.5, 1.5, d) + 0.3
+    seed, sizes_wanted = 5, 6
+    r = sample_size_report(x, ref, ci=True, fid_inf=True, n_boot=4, fid_inf_boot=2, seed=seed,
+                           n_points=sizes_wanted, min_fraction=0.3)
+    draws = np.random.default_rng(seed)
+    order = draws.permutation(n)
+    sizes = r.fid_infinity.sizes
+    assert {how for _, how in routes} == {route}
+    expected = [_straight(x[order[:s]], ref) for s in sizes]
+    np.testing.assert_allclose(r.fid_infinity.fids, expected, rtol=1e-11)
+    assert r.fid == pytest.approx(_straight(x, ref), rel=1e-12)
+    boot = [_straight(x[draws.integers(0, n, n)], ref) for _ in range(4)]
+    np.testing.assert_allclose(r.interval.replicates, boot, rtol=1e-11)
+    from fidkit.distances.bootstrap import _fit
+
+    for value in r.fid_infinity.interval.replicates:
+        idx = draws.integers(0, n, n)
+        fits = _fit(sizes, [_straight(x[idx[:s]], ref) for s in sizes])[0]
+        assert value == pytest.approx(fits, rel=1e-9, abs=1e-10)
+
+
+def test_fast_path_agrees_with_pytorch_fid():
+    # the same replicate against an independent implementation (well-conditioned: its sqrtm is
+    # good to ~1e-10 here)
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    d, n = 16, 120
+    ref = _reference(d, seed=1)
+    x = np.random.default_rng(2).standard_normal((n, d)) + 0.2
+    r = sample_size_report(x, ref, ci=True, n_boot=3, seed=9)
+    draws = np.random.default_rng(9)
+    for value in r.interval.replicates:
+        rows = x[draws.integers(0, n, n)]
+        peer = calculate_frechet_distance(rows.mean(0), np.cov(rows, rowvar=False), ref.mu, ref.sigma)
+        assert value == pytest.approx(float(peer), rel=1e-8)
+
+
+def test_progress_goes_to_stderr(capsys):
+    d = 8
+    x = np.random.default_rng(0).standard_normal((50, d))
+    ref = Statistics(np.zeros(d), np.eye(d), 1000)
+    sample_size_report(x, ref, ci=True, fid_inf=True, n_boot=3, n_points=4, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "fidkit: FID bootstrap" in err and "fidkit: FID-infinity sizes" in err
+    sample_size_report(x, ref, ci=True, n_boot=3)
+    assert capsys.readouterr().err == ""

@@ -233,18 +233,84 @@ def test_gram_shortcut_skip_changes_route_cost_not_value(monkeypatch):
     assert frechet_from_moments(mu1, w1, mu2, w2).method == "gram" and calls[-1] is False
 
 
-def test_numpy_hugepage_advice_is_restored():
-    # The distance switches numpy's huge-page advice off while it runs; the caller's setting
-    # must come back whatever it was, also after an error.
-    np_multiarray = pytest.importorskip("numpy._core.multiarray")
-    setter = np_multiarray._set_madvise_hugepage
-    before = setter(False)
-    try:
-        for state in (False, True):
-            setter(state)
-            frechet_distance(np.zeros(4), np.eye(4), np.ones(4), 2 * np.eye(4))
-            with pytest.raises(UsageError):
-                frechet_distance(np.zeros(4), np.eye(4), np.ones(3), np.eye(3))
-            assert setter(state) is state
-    finally:
-        setter(before)
+def test_rank_below_d_warns_when_n_is_not_recorded():
+    # A peer's .npz (mu, sigma only) made from 30 samples in 64 dims: rank 29, n unknown (0).
+    rng = np.random.default_rng(10)
+    d = 64
+    x, y = rng.standard_normal((30, d)), rng.standard_normal((500, d))
+    low = Statistics(x.mean(0), np.cov(x, rowvar=False), 0)
+    full = Statistics(y.mean(0), np.cov(y, rowvar=False), 0)
+    assert np.linalg.matrix_rank(low.sigma) == 29  # the independent count
+    r = frechet(low, full, cache=False)
+    assert r.rank_a == 29 and r.rank_b == d
+    assert [w for w in r.warnings if "rank" in w] == [
+        w for w in r.warnings if "side a has rank 29 < d = 64" in w.replace("covariance of ", "")]
+    assert len(r.warnings) == 1
+    assert frechet(full, full, cache=False).warnings == []
+    # with n recorded the n <= d note says it instead, once
+    assert sum("n = 30 samples" in w for w in frechet(
+        Statistics(low.mu, low.sigma, 30), full, cache=False).warnings) == 1
+
+
+def test_a_sigma_that_is_not_psd_is_refused_by_the_distance():
+    # Positive diagonal and |s_ij| <= sqrt(s_ii s_jj) everywhere, yet an eigenvalue of -0.3: only a
+    # factorisation finds it. Raw arrays get a warning; a Statistics from a file is refused, naming
+    # the file, as loading used to.
+    from fidkit.errors import StatsFileError
+
+    rng = np.random.default_rng(11)
+    d = 40
+    q = _rotation(d, rng)
+    sigma = (q * np.r_[rng.uniform(1, 2, d - 1), -0.3]) @ q.T
+    sigma = (sigma + sigma.T) / 2
+    root = np.sqrt(np.diag(sigma))
+    assert np.diag(sigma).min() > 0 and (np.abs(sigma) <= np.outer(root, root) * (1 + 1e-12)).all()
+    good = Statistics(np.zeros(d), np.eye(d), 100)
+    warned = frechet_from_moments(np.zeros(d), sigma, np.zeros(d), np.eye(d))
+    assert any("negative eigenvalue of about -0.3" in w for w in warned.warnings)
+    bad = Statistics(np.zeros(d), sigma, 100, {"loaded_from": {"file": "bad.npz"}})
+    with pytest.raises(StatsFileError, match=r"^bad.npz: sigma is not positive semi-definite.*-3.000e-01"):
+        frechet(bad, good)
+    with pytest.raises(UsageError, match="side B"):
+        frechet(good, Statistics(np.zeros(d), sigma, 100), cache=False)
+
+
+def test_pivoted_factor_sees_a_negative_direction_hidden_in_the_schur_complement():
+    # [[1, 0, 0], [0, 0, 1], [0, 1, 0]] after the first pivot: every remaining diagonal entry is
+    # 0 (so the pivoted Cholesky stops), yet the matrix has eigenvalue -1.
+    sigma = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
+    f = covariance_factor(sigma)
+    assert f.negative == pytest.approx(-np.linalg.eigvalsh(sigma)[0], rel=1e-12)
+    # and a PSD matrix of rank n - 1 < d shows none (rounding stays within the tolerance)
+    x = np.random.default_rng(12).standard_normal((20, 60)) * 1e3
+    assert covariance_factor(np.cov(x, rowvar=False)).negative == 0.0
+
+
+def test_numpy_path_does_not_import_torch(tmp_path):
+    # Comparing two stats files must not pay for torch: load both .npz files and take the
+    # distance through every route (Gram, SVD, pivoted and full-rank factors) in a fresh process.
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(13)
+    d = 96
+    a = np.logspace(-10, 2, d)
+    s1, s2 = _commuting(d, a, a * rng.uniform(0.5, 2.0, d), rng)
+    np.savez(tmp_path / "a.npz", mu=np.zeros(d), sigma=s1)
+    np.savez(tmp_path / "b.npz", mu=np.ones(d), sigma=s2)
+    x = rng.standard_normal((30, d))
+    np.savez(tmp_path / "c.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
+    script = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from fidkit.statistics.statsio import load_statistics\n"
+        "from fidkit.distances.frechet import frechet\n"
+        "import fidkit.distances.bootstrap\n"
+        "a, b, c = (load_statistics(sys.argv[i]) for i in (1, 2, 3))\n"
+        "methods = {frechet(a, b).method, frechet(a, a).method, frechet(c, b).method}\n"
+        "print(sorted(methods), 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script] + [str(tmp_path / f"{k}.npz") for k in "abc"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["['gram',", "'svd']", "False"]

@@ -405,6 +405,43 @@ def test_non_psd_refused(tmp_path):
         load_statistics(_write_pkl(tmp_path / "s.pkl", np.zeros(4), sigma))
 
 
+def test_cauchy_schwarz_violation_refused(tmp_path):
+    # variances 1 and 1 but covariance 2: the 2 x 2 minor is negative (eigenvalue -1)
+    sigma = np.eye(4)
+    sigma[1, 3] = sigma[3, 1] = 2.0
+    with pytest.raises(StatsFileError, match=r"sigma\[1, 3\].*not positive semi-definite.*cannot be negative"):
+        load_statistics(_write_pkl(tmp_path / "s.pkl", np.zeros(4), sigma))
+
+
+def test_indefinite_sigma_loads_cheaply_and_is_refused_at_distance_time(tmp_path, monkeypatch):
+    # Loading costs O(d^2): no eigendecomposition. A sigma that passes the cheap checks but has a
+    # negative eigenvalue is refused by the factorisation the distance does, with the file's name;
+    # check_statistics (fidkit info) still finds it.
+    from fidkit.distances.frechet import frechet
+
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(D, D)))
+    sigma = (q * np.r_[rng.uniform(1, 2, D - 1), -0.2]) @ q.T
+    sigma = (sigma + sigma.T) / 2
+    path = _write_pkl(tmp_path / "indefinite.pkl", np.zeros(D), sigma)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_statistics ran an eigendecomposition")
+
+    import scipy.linalg
+
+    with monkeypatch.context() as patch:
+        for module, name in ((np.linalg, "eigvalsh"), (np.linalg, "eigh"), (np.linalg, "eigvals"),
+                             (scipy.linalg, "eigh"), (scipy.linalg, "eigvalsh")):
+            patch.setattr(module, name, refuse)
+        stats = _quiet_load(path)
+    assert check_statistics(stats)["psd"] is False
+    assert check_statistics(stats)["min_eigenvalue"] == pytest.approx(-0.2, rel=1e-9)
+    with pytest.raises(StatsFileError, match=r"^indefinite.pkl: sigma is not positive semi-definite") as info:
+        frechet(stats, _stats(1))
+    assert "\n" not in str(info.value) and "cannot be negative" in str(info.value)
+
+
 def test_singular_covariance_accepted(tmp_path):
     # fewer samples than dims: a rank-deficient but valid covariance, as with small test sets
     x = _features(60, n=6)

@@ -12,19 +12,39 @@ and a single FID says nothing about how much it would move with another draw of 
   across N; optionally with a bootstrap interval.
 
 Both need the features themselves (``keep_features=True`` in the API; ``--ci`` / ``--fid-inf`` in
-the CLI); statistics alone cannot be resampled. :func:`sample_size_report` does both in one pass of
-replicates and is what the CLI and the API call. Everything is seeded: same inputs and seed, same
-numbers. See ``docs/sample_size.md`` for a user-level explanation.
+the CLI); statistics alone cannot be resampled. :func:`sample_size_report` does both and is what
+the CLI and the API call. Everything is seeded: same inputs and seed, same numbers. See
+``docs/sample_size.md`` for a user-level explanation and the cost.
+
+Speed: with the reference held fixed (a :class:`Statistics`), its covariance is factored once,
+S_ref = L L^T, and the generated features are projected once, Y = (X - mean) L (N x r). The
+cross term of any subset's FID is then the nuclear norm of its centred, weighted rows of Y,
+computed from the eigenvalues of whichever of its two Gram matrices is smaller: n x n below
+r (a subset of n < d images has a covariance of rank n - 1), r x r above, where the r x r
+matrices of nested subsets are running sums (one pass over the features for all sizes). No
+subset covariance is formed or factored. Each replicate's value is kept to 1e-8 of the FID
+(the Gram route's error estimate; an SVD otherwise), far below any bootstrap spread; the point
+estimate (all features) is the exact :func:`~fidkit.distances.frechet.frechet_from_moments`.
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from fidkit.distances.blas_threads import blas_threads
+from fidkit.distances.frechet import (
+    CovarianceFactor,
+    covariance_factor,
+    frechet_from_moments,
+    nuclear_norm_from_gram,
+    numpy_backend,
+)
 from fidkit.errors import UsageError
-from fidkit.distances.frechet import CovarianceFactor, covariance_factor, frechet_from_moments
 from fidkit.statistics import Statistics, StatisticsAccumulator
 
 Reference = Union[Statistics, np.ndarray, Any]
@@ -100,6 +120,7 @@ def fid_confidence_interval(
     n_boot: int = 50,
     level: float = 0.95,
     seed: int = 0,
+    progress: bool = False,
 ) -> Interval:
     """Bootstrap confidence interval for the mean FID at this number of generated images.
 
@@ -118,15 +139,18 @@ def fid_confidence_interval(
     Args:
         features: generated features, (N, d) float array or tensor, N >= 2.
         ref: a :class:`Statistics` (held fixed) or reference features (M, d) (resampled too).
-        n_boot: replicates (cost: n_boot * (N d^2 + a Frechet distance, ~1 s at d = 2048)).
+        n_boot: replicates. Cost with a fixed reference, per replicate: 0.63 N d^2 multiply-adds
+            and the eigenvalues of a min(0.63 N, d)-square matrix (about 0.7 s at N = 10,000,
+            d = 2048 on 2 idle cores); see ``docs/sample_size.md``.
         level: confidence level in (0, 1).
         seed: seeds numpy's default generator.
+        progress: a progress bar with the time left on stderr.
 
     Raises:
         UsageError: shapes disagree, N < 2, n_boot < 2 or level outside (0, 1).
     """
     return sample_size_report(features, ref, ci=True, fid_inf=False, n_boot=n_boot,
-                              level=level, seed=seed).interval  # type: ignore[return-value]
+                              level=level, seed=seed, progress=progress).interval  # type: ignore[return-value]
 
 
 def fid_infinity(
@@ -138,6 +162,7 @@ def fid_infinity(
     n_boot: int = 0,
     level: float = 0.95,
     seed: int = 0,
+    progress: bool = False,
 ) -> FidInfinity:
     """FID_inf (Chong & Forsyth 2020): FID extrapolated linearly in 1/N to 1/N = 0.
 
@@ -158,17 +183,17 @@ def fid_infinity(
         n_points: number of subset sizes (>= 2).
         min_fraction: smallest size as a fraction of N, in (0, 1).
         n_boot: if > 0, also a bootstrap interval for FID_inf: each replicate redraws the N rows
-            with replacement and repeats the extrapolation (cost n_boot * n_points Frechet
-            distances); the replicates are re-centred on their mean like
-            :func:`fid_confidence_interval`.
-        level, seed: as in :func:`fid_confidence_interval`.
+            with replacement and repeats the extrapolation (cost about ``n_points`` times a
+            replicate of :func:`fid_confidence_interval` each); the replicates are re-centred on
+            their mean like :func:`fid_confidence_interval`.
+        level, seed, progress: as in :func:`fid_confidence_interval`.
 
     Raises:
         UsageError: shapes disagree or the sizes cannot be made (N too small).
     """
-    report = sample_size_report(features, ref, ci=False, fid_inf=True, n_boot=n_boot,
-                                level=level, seed=seed, n_points=n_points,
-                                min_fraction=min_fraction)
+    report = sample_size_report(features, ref, ci=False, fid_inf=True, n_boot=0,
+                                fid_inf_boot=n_boot, level=level, seed=seed, n_points=n_points,
+                                min_fraction=min_fraction, progress=progress)
     return report.fid_infinity  # type: ignore[return-value]
 
 
@@ -179,22 +204,23 @@ def sample_size_report(
     ci: bool = True,
     fid_inf: bool = False,
     n_boot: int = 50,
+    fid_inf_boot: int = 0,
     level: float = 0.95,
     seed: int = 0,
     n_points: int = 15,
     min_fraction: float = 0.1,
+    progress: bool = False,
 ) -> SampleSizeReport:
-    """FID of ``features`` against ``ref`` with, as asked, its bootstrap interval (``ci``) and
-    FID_inf with its interval (``fid_inf``); the entry point for ``--ci`` / ``--fid-inf``.
+    """FID of ``features`` against ``ref`` with, as asked, its bootstrap interval (``ci``, from
+    ``n_boot`` replicates) and FID_inf (``fid_inf``), the latter with a bootstrap interval of
+    ``fid_inf_boot`` replicates when that is > 0; the entry point for ``--ci`` / ``--fid-inf``.
 
-    When both are asked, each replicate's full-size FID (the last nested size) serves the FID
-    interval, so the FID interval costs nothing extra. Arguments and errors as in
-    :func:`fid_confidence_interval` and :func:`fid_infinity`. ``n_boot`` defaults to 50 when
-    ``ci`` is asked and to 0 otherwise, so ``fid_inf`` alone gives FID_inf without an interval
-    (its interval costs ``n_boot * n_points`` Frechet distances: ~12 min at d = 2048, 2 cores).
+    Arguments and errors as in :func:`fid_confidence_interval` and :func:`fid_infinity`. Random
+    draws, in this order from ``numpy.random.default_rng(seed)``: the FID-infinity permutation
+    (when ``fid_inf``), then per FID replicate the generated rows (``integers(0, N, N)``) and,
+    for reference features, the reference rows, then per FID-infinity replicate the rows.
+    ``progress`` shows one bar per stage on stderr, with the time left.
     """
-    if n_boot is None:
-        n_boot = 50 if ci else 0
     x = _features(features, "features")
     n, d = x.shape
     resample_ref = not isinstance(ref, Statistics)
@@ -209,50 +235,156 @@ def sample_size_report(
         raise UsageError(f"confidence level must be in (0, 1), got {level}")
     if ci and n_boot < 2:
         raise UsageError(f"a bootstrap interval needs n_boot >= 2, got {n_boot}")
-    ref_factor = covariance_factor(ref_stats.sigma)
-    rng = np.random.default_rng(seed)
-    warnings: list[str] = []
-
-    fid = _fid(_stats(x), ref_stats, ref_factor)
-    sizes: list[int] = []
-    if fid_inf:
-        sizes = _sizes(n, n_points, min_fraction)
-        if sizes[0] <= d:
-            warnings.append(
-                f"FID-infinity uses subsets from {sizes[0]} images, not more than d = {d}: "
-                "there the 1/N law is rough; use more images for a reliable extrapolation")
-
-    infinity = None
-    if fid_inf:
-        order = rng.permutation(n)
-        fids = _nested_fids(x, order, sizes, ref_stats, ref_factor)
-        value, slope = _fit(sizes, fids)
-        infinity = FidInfinity(value, slope, sizes, fids, None, list(warnings))
-
-    boot_fid: list[float] = []
-    boot_inf: list[float] = []
-    reps = n_boot if (ci or (fid_inf and n_boot > 0)) else 0
-    for _ in range(reps):
-        idx = rng.integers(0, n, n)
-        if resample_ref:
-            r_stats = _stats(ref_x[rng.integers(0, len(ref_x), len(ref_x))])  # type: ignore[index]
-            r_factor = None
-        else:
-            r_stats, r_factor = ref_stats, ref_factor
+    if fid_inf and fid_inf_boot == 1:
+        raise UsageError("a FID-infinity interval needs fid_inf_boot >= 2 (or 0 for none)")
+    sizes = _sizes(n, n_points, min_fraction) if fid_inf else []
+    with blas_threads():
+        ref_factor = covariance_factor(ref_stats.sigma)
+        rng = np.random.default_rng(seed)
+        warnings: list[str] = []
+        fid = _fid(_stats(x), ref_stats, ref_factor)
+        projected = _Projected(x, ref_stats, ref_factor)
+        del x
+        infinity = None
         if fid_inf:
-            fids_b = _nested_fids(x, idx, sizes, r_stats, r_factor)
-            boot_fid.append(fids_b[-1])
-            boot_inf.append(_fit(sizes, fids_b)[0])
-        else:
-            boot_fid.append(_fid(_weighted_stats(x, idx), r_stats, r_factor))
+            if sizes[0] <= d:
+                warnings.append(
+                    f"FID-infinity uses subsets from {sizes[0]} images, not more than d = {d}: "
+                    "there the 1/N law is rough; use more images for a reliable extrapolation")
+            order = rng.permutation(n)
+            with _bar(progress, len(sizes), "FID-infinity sizes") as step:
+                fids = projected.nested_fids(order, sizes, step)
+            value, slope = _fit(sizes, fids)
+            infinity = FidInfinity(value, slope, sizes, fids, None, list(warnings))
 
-    interval = _interval(fid, boot_fid, level) if ci else None
-    if infinity is not None and boot_inf:
-        infinity.interval = _interval(infinity.value, boot_inf, level)
+        interval = None
+        if ci:
+            boot: list[float] = []
+            with _bar(progress, n_boot, "FID bootstrap") as step:
+                for _ in range(n_boot):
+                    idx = rng.integers(0, n, n)
+                    if resample_ref:
+                        r_stats = _stats(ref_x[rng.integers(0, len(ref_x), len(ref_x))])  # type: ignore[index]
+                        boot.append(_fid(projected.weighted_stats(idx), r_stats, None))
+                    else:
+                        boot.append(projected.weighted_fid(idx))
+                    step()
+            interval = _interval(fid, boot, level)
+
+        if infinity is not None and fid_inf_boot > 0:
+            boot_inf: list[float] = []
+            with _bar(progress, fid_inf_boot * len(sizes), "FID-infinity bootstrap") as step:
+                for _ in range(fid_inf_boot):
+                    boot_inf.append(_fit(sizes, projected.nested_fids(rng.integers(0, n, n), sizes,
+                                                                      step))[0])
+            infinity.interval = _interval(infinity.value, boot_inf, level)
     if n <= d:
         warnings.insert(0, f"only {n} generated images for d = {d} dims: the covariance is "
                            "singular and FID is strongly biased upward at this N")
     return SampleSizeReport(fid, n, d, interval, infinity, warnings)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+#: Relative error (of the FID) each replicate's cross term is held to: bootstrap spreads are
+#: percent-level, so 1e-8 is invisible in an interval and keeps the Gram route for all but very
+#: ill-conditioned pairs.
+REPLICATE_TOLERANCE = 1e-8
+
+
+class _Projected:
+    """Generated features seen through the fixed reference's factor: any subset's FID without
+    forming its covariance.
+
+    With X0 = X - mean(X) (N x d), L the reference factor (d x r, S_ref ~= L L^T) and Y = X0 L, a
+    subset with multiplicities c (sum n) has covariance S = X0c^T C X0c / (n - 1) (X0c: rows
+    centred on the subset mean), so tr S comes from row norms of X0, and tr sqrt(S_ref S) =
+    tr sqrt(L^T S L) is the nuclear norm of C^(1/2) Yc / sqrt(n - 1), Yc the rows of Y centred
+    on the subset's mean of Y."""
+
+    def __init__(self, x: np.ndarray, ref: Statistics, ref_factor: CovarianceFactor) -> None:
+        self.center = x.mean(0)
+        self.x0 = x - self.center
+        self.sq = np.einsum("ij,ij->i", self.x0, self.x0)  # |x0_i|^2
+        self.y0 = self.x0 @ np.asarray(ref_factor.matrix)  # (N, r)
+        self.offset = self.center - ref.mu
+        self.ref = ref
+        self.ref_factor = ref_factor
+        self.backend = numpy_backend()
+
+    def weighted_stats(self, idx: np.ndarray) -> Statistics:
+        """Statistics of ``x[idx]`` from the multiplicities, without gathering the copy (the
+        straightforward path, used when the reference is resampled too)."""
+        n = len(idx)
+        counts = np.bincount(idx, minlength=len(self.x0)).astype(np.float64)
+        mean0 = counts @ self.x0 / n
+        scaled = (self.x0 - mean0) * np.sqrt(counts)[:, None]
+        sigma = scaled.T @ scaled / (n - 1)
+        return Statistics(self.center + mean0, (sigma + sigma.T) / 2, n)
+
+    def weighted_fid(self, idx: np.ndarray) -> float:
+        """FID of the rows ``idx`` (repeats allowed) against the reference."""
+        n = len(idx)
+        counts = np.bincount(idx, minlength=len(self.x0))
+        rows = np.flatnonzero(counts)
+        c = counts[rows].astype(np.float64)
+        mean0 = c @ self.x0[rows] / n
+        trace = (float(c @ self.sq[rows]) - n * float(mean0 @ mean0)) / (n - 1)
+        y = self.y0[rows]
+        y -= c @ y / n
+        y *= np.sqrt(c / (n - 1))[:, None]
+        if len(rows) <= y.shape[1]:
+            y = _drop_null_row(y, np.sqrt(c))
+            gram = y @ y.T
+        else:
+            gram = y.T @ y
+        return self._assemble(mean0, trace, gram, lambda: y)
+
+    def nested_fids(self, order: np.ndarray, sizes: Sequence[int],
+                    step: Callable[[], None] = lambda: None) -> list[float]:
+        """FIDs of the prefixes ``order[:size]`` (repeats allowed) for increasing ``sizes``. A
+        prefix of at most r distinct rows goes through :meth:`weighted_fid` (its n x n Gram
+        matrix); above, the r x r Gram matrices are running sums, one pass for all sizes."""
+        r = self.y0.shape[1]
+        raw = np.zeros((r, r)) if sizes[-1] > r else None  # sum of y y^T over the prefix
+        sum_y, sum_x, sum_sq = np.zeros(r), np.zeros(self.x0.shape[1]), 0.0
+        fids, start = [], 0
+        for size in sizes:
+            chunk = order[start:size]
+            start = size
+            if raw is not None:
+                y = self.y0[chunk]
+                raw += y.T @ y
+                sum_y += y.sum(0)
+                sum_x += self.x0[chunk].sum(0)
+                sum_sq += float(self.sq[chunk].sum())
+            prefix = order[:size]
+            if raw is None or len(np.unique(prefix)) <= r:
+                fids.append(self.weighted_fid(prefix))
+            else:
+                mean0 = sum_x / size
+                trace = (sum_sq - size * float(mean0 @ mean0)) / (size - 1)
+                mean_y = sum_y / size
+                # rows centred on the mean of all N: the prefix mean is small, and subtracting
+                # it from the raw sum loses no digits worth having
+                gram = (raw - size * np.outer(mean_y, mean_y)) / (size - 1)
+
+                def rows(prefix: np.ndarray = prefix, mean_y: np.ndarray = mean_y,
+                         size: int = size) -> np.ndarray:
+                    return (self.y0[prefix] - mean_y) / math.sqrt(size - 1)
+
+                fids.append(self._assemble(mean0, trace, gram, rows))
+            step()
+        return fids
+
+    def _assemble(self, mean0: np.ndarray, trace: float, gram: np.ndarray,
+                  rows: Callable[[], np.ndarray]) -> float:
+        diff = self.offset + mean0
+        mean_term = float(diff @ diff)
+        traces = trace + self.ref_factor.trace
+        cross, _ = nuclear_norm_from_gram(self.backend, rows, gram, mean_term + traces, traces,
+                                          tolerance=REPLICATE_TOLERANCE)
+        return max(mean_term + traces - 2.0 * cross, 0.0)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -275,17 +407,6 @@ def _stats(x: np.ndarray) -> Statistics:
     return acc.statistics()
 
 
-def _weighted_stats(x: np.ndarray, idx: np.ndarray) -> Statistics:
-    """Statistics of ``x[idx]`` from the multiplicities, without gathering the copy."""
-    n = len(idx)
-    counts = np.bincount(idx, minlength=len(x)).astype(np.float64)
-    mean = counts @ x / n
-    centred = x - mean
-    scaled = centred * np.sqrt(counts)[:, None]
-    sigma = scaled.T @ scaled / (n - 1)
-    return Statistics(mean, (sigma + sigma.T) / 2, n)
-
-
 def _fid(stats: Statistics, ref: Statistics, ref_factor: CovarianceFactor | None) -> float:
     return frechet_from_moments(stats.mu, stats.sigma, ref.mu, ref.sigma,
                                 factor_b=ref_factor).value
@@ -303,15 +424,31 @@ def _sizes(n: int, n_points: int, min_fraction: float) -> list[int]:
     return sizes
 
 
-def _nested_fids(x: np.ndarray, order: np.ndarray, sizes: Sequence[int], ref: Statistics,
-                 ref_factor: CovarianceFactor | None) -> list[float]:
-    acc = StatisticsAccumulator(x.shape[1])
-    fids, start = [], 0
-    for size in sizes:
-        acc.update(x[order[start:size]])
-        start = size
-        fids.append(_fid(acc.statistics(), ref, ref_factor))
-    return fids
+def _drop_null_row(w: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """``w`` (u, r) with ``null @ w == 0`` (rows centred with weights ``null**2``) rotated so that
+    that combination is its first row, which is dropped: (u - 1, r), the same nonzero singular
+    values. Without this, the Gram matrix's exact zero eigenvalue comes out as rounding noise of
+    eps * |w|^2, whose square root (~1e-8 |w|) would be added to the cross term."""
+    v = null / np.linalg.norm(null)
+    # Householder reflection H = I - 2 h h^T / (h^T h) with h = v + sign(v_0) e_0 maps v to
+    # -sign(v_0) e_0 without cancellation.
+    h = v.copy()
+    h[0] += math.copysign(1.0, v[0])
+    out = w - np.outer(h, (2.0 / float(h @ h)) * (h @ w))
+    return out[1:]
+
+
+@contextlib.contextmanager
+def _bar(show: bool, total: int, what: str) -> Iterator[Callable[[], None]]:
+    """A tqdm bar on stderr (elapsed and time left) when ``show``; yields its step function."""
+    if not show or total <= 0:
+        yield lambda: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=f"fidkit: {what}", file=sys.stderr, unit="FID",
+              mininterval=1.0, leave=True) as bar:
+        yield lambda: bar.update(1)
 
 
 def _fit(sizes: Sequence[int], fids: Sequence[float]) -> tuple[float, float]:

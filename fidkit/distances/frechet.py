@@ -11,19 +11,26 @@ because S_a S_b is similar to L_b^T L_a L_a^T L_b = M^T M. This avoids the non-s
 ``sqrtm`` / ``eigvals`` of S_a S_b that the peers use, whose error on the small eigenvalues is
 about sqrt(eps) * |S_a S_b| each; singular values of M carry an error of eps * |M| instead.
 
-Two numerical choices, both measured (``benchmarks/frechet.py``):
+Numerical choices, all measured (``benchmarks/frechet.py``):
 
 * Factor: Cholesky when the covariance is numerically full rank (fast), otherwise a pivoted
-  Cholesky (LAPACK ``dpstrf`` through scipy when importable) or a symmetric eigendecomposition,
-  truncated at the numerical rank. Truncation matters: a covariance of n < d samples has rank
-  n - 1, and the rounding noise in its null space (about eps * |S|) would otherwise add
-  sqrt(eps)-sized terms to the cross term, the peers' main error in that regime.
+  Cholesky (LAPACK ``dpstrf``), truncated at the numerical rank. Truncation matters: a covariance
+  of n < d samples has rank n - 1, and the rounding noise in its null space (about eps * |S|)
+  would otherwise add sqrt(eps)-sized terms to the cross term, the peers' main error in that
+  regime. The factorisation is also the positive semi-definiteness check: what the pivoted
+  Cholesky leaves over (the Schur complement of the kept pivots) must be rounding noise, else the
+  matrix is not a covariance (``CovarianceFactor.negative``). Loading a stats file therefore does
+  only O(d^2) checks.
 * Singular values: the eigenvalues of the small Gram matrix M M^T (a symmetric solver, about
   4x faster than an SVD at d = 2048) are used when a first-order error estimate shows their square roots
   are accurate to 1e-11 of the result; otherwise (ill-conditioned covariances) the singular
   values of M are computed directly. For two full-rank Cholesky factors, M is formed with
   triangular BLAS (dtrmm), and a pair whose determinants already show the check must fail goes
   straight to the SVD without computing the Gram eigenvalues first.
+* Threads: the numpy path runs numpy's and scipy's LAPACK with as many threads as there are idle
+  cores (:mod:`fidkit.distances.blas_threads`): OpenBLAS's threads wait on each other at every
+  step, so one thread without a core of its own stalls all of them (7-10x slower SVDs measured
+  with one competing process on 2 cores). The numpy path never imports torch.
 
 ``frechet_distance`` keeps the classic signature and returns a float; ``frechet`` takes two
 :class:`~fidkit.statistics.Statistics` and returns a :class:`FrechetResult` with the parts, the
@@ -43,7 +50,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from fidkit.errors import UsageError
+from fidkit.distances.blas_threads import blas_threads
+from fidkit.errors import StatsFileError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from fidkit.statistics import Statistics
@@ -153,9 +161,9 @@ def frechet_from_moments(
             f"statistics of different shapes: mu {tuple(m1.shape)} / {tuple(m2.shape)}, "
             f"sigma {tuple(s1.shape)} / {tuple(s2.shape)}; compare features of the same layer (dims)"
         )
-    with _small_pages():
-        fa = factor_a if factor_a is not None else covariance_factor(s1)
-        fb = factor_b if factor_b is not None else covariance_factor(s2)
+    with backend.threads():
+        fa = factor_a if factor_a is not None else backend.factor(s1)
+        fb = factor_b if factor_b is not None else backend.factor(s2)
         for name, f in (("a", fa), ("b", fb)):
             if f.rank and int(f.matrix.shape[0]) != d:
                 raise UsageError(f"cached factor of side {name} has {f.matrix.shape[0]} dims, expected {d}")
@@ -174,10 +182,14 @@ def frechet(stats_a: "Statistics", stats_b: "Statistics", *, cache: bool = True)
 
     Returns:
         A :class:`FrechetResult`; ``warnings`` includes "n < d" notes (the covariance is then
-        singular and FID is biased upward; see ``docs/sample_size.md``).
+        singular and FID is biased upward; see ``docs/sample_size.md``), and a rank note when
+        n is not recorded and the covariance has rank < d.
 
     Raises:
-        UsageError: the two sides have different dims.
+        UsageError: the two sides have different dims, or an in-memory sigma is not positive
+            semi-definite.
+        StatsFileError: sigma of a side loaded from a file is not positive semi-definite (the
+            load only checks what costs O(d^2); this factorisation is the full check).
     """
     if stats_a.dims != stats_b.dims:
         raise UsageError(
@@ -185,10 +197,23 @@ def frechet(stats_a: "Statistics", stats_b: "Statistics", *, cache: bool = True)
         )
     fa = cached_factor(stats_a) if cache else covariance_factor(stats_a.sigma)
     fb = cached_factor(stats_b) if cache else covariance_factor(stats_b.sigma)
+    for side, stats, f in (("A", stats_a, fa), ("B", stats_b, fb)):
+        if f.negative > 0:
+            _refuse_not_covariance(side, stats, f)
     return frechet_from_moments(
         stats_a.mu, stats_a.sigma, stats_b.mu, stats_b.sigma,
         n_a=stats_a.n, n_b=stats_b.n, factor_a=fa, factor_b=fb,
     )
+
+
+def _refuse_not_covariance(side: str, stats: "Statistics", f: CovarianceFactor) -> None:
+    loaded = stats.meta.get("loaded_from") if isinstance(stats.meta, dict) else None
+    what = (f"sigma is not positive semi-definite (a negative direction of -{f.negative:.3e}; "
+            f"trace {f.trace:.3e}); a covariance cannot be negative")
+    if isinstance(loaded, dict) and loaded.get("file"):
+        raise StatsFileError(f"{loaded['file']}: {what}; recompute the statistics "
+                             "(fidkit info shows its eigenvalues)")
+    raise UsageError(f"statistics of side {side}: {what}")
 
 
 def covariance_factor(sigma: Any) -> CovarianceFactor:
@@ -199,40 +224,8 @@ def covariance_factor(sigma: Any) -> CovarianceFactor:
     non-PSD or non-finite input: it reports them in the factor's ``negative`` / ``finite``.
     """
     backend = _backend_of(sigma)
-    with _small_pages():
+    with backend.threads():
         return backend.factor(backend.matrix(sigma))
-
-
-_PAGES_LOCK = threading.Lock()
-_PAGES_DEPTH = 0
-_PAGES_PREVIOUS = True
-
-
-@contextlib.contextmanager
-def _small_pages():
-    """numpy asks the kernel for transparent huge pages for every large array (madvise). Where
-    THP defrag is "madvise" (a common default), each such allocation may stall in synchronous
-    memory compaction once other work (a torch run) has fragmented memory: measured at
-    d = 2048, the distance took 1.1 s instead of 0.85 s right after torchmetrics' FID, and
-    0.87 s with the advice off, which costs nothing on an unfragmented machine (0.80-0.85 s
-    either way). The advice is switched off while the distance runs, then restored."""
-    global _PAGES_DEPTH, _PAGES_PREVIOUS
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # pragma: no cover - numpy < 2 or a future rename: just run
-        yield
-        return
-    with _PAGES_LOCK:
-        if _PAGES_DEPTH == 0:
-            _PAGES_PREVIOUS = _set_madvise_hugepage(False)
-        _PAGES_DEPTH += 1
-    try:
-        yield
-    finally:
-        with _PAGES_LOCK:
-            _PAGES_DEPTH -= 1
-            if _PAGES_DEPTH == 0:
-                _set_madvise_hugepage(_PAGES_PREVIOUS)
 
 
 def cached_factor(stats: "Statistics") -> CovarianceFactor:
@@ -286,14 +279,20 @@ def _assemble(backend: "_Backend", m1: Any, m2: Any, fa: CovarianceFactor, fb: C
             warnings.append(f"covariance of side {side} holds NaN or inf; FID is undefined (NaN)")
         if f.negative > 0:
             warnings.append(
-                f"covariance of side {side} has a negative eigenvalue of -{f.negative:.3g}, beyond "
-                "rounding: it is not a covariance; that direction was dropped"
+                f"covariance of side {side} has a negative eigenvalue of about -{f.negative:.3g}, "
+                "beyond rounding: it is not a covariance; that direction was dropped"
             )
         if n is not None and 0 < n <= d:
             warnings.append(
                 f"side {side} has n = {n} samples for d = {d} dims: its covariance is singular "
                 f"(rank <= {n - 1}) and FID is biased upward at this n; use more samples or "
                 "report FID-infinity (see docs/sample_size.md)"
+            )
+        elif not n and f.finite and f.rank < d:
+            warnings.append(
+                f"covariance of side {side} has rank {f.rank} < d = {d} (n not recorded): it was "
+                f"made from about {f.rank + 1} samples or has constant features, and FID is biased "
+                "upward; use more samples (see docs/sample_size.md)"
             )
     if not math.isfinite(mean_term) and fa.finite and fb.finite:
         warnings.append("a mean holds NaN or inf; FID is undefined (NaN)")
@@ -322,6 +321,19 @@ def _cross_term(backend: "_Backend", fa: CovarianceFactor, fb: CovarianceFactor,
     if _gram_hopeless(backend, m, fa, fb, k, scale_hi):
         return backend.scalar(backend.svdvals(m).sum()), "svd"
     gram = backend.gram(m, rows=fa.rank <= fb.rank)  # (k, k), eigenvalues = singular values^2
+    return nuclear_norm_from_gram(backend, m, gram, scale_hi, fa.trace + fb.trace)
+
+
+def nuclear_norm_from_gram(backend: "_Backend", m: Any, gram: Any, scale_hi: float, traces: float,
+                           tolerance: float = _GRAM_TOLERANCE) -> tuple[float, str]:
+    """Sum of the singular values of ``m`` from the eigenvalues of ``gram`` (m m^T or m^T m, which
+    this may overwrite), or from an SVD of ``m`` when squaring lost too many digits. ``m`` may be
+    a function returning the matrix, called only for the SVD.
+
+    The result feeds ``value = scale_hi - 2 * cross`` (``scale_hi`` = mean term + both traces,
+    ``traces`` = the two traces); the Gram route is kept when its error estimate is at most
+    ``tolerance`` (default 1e-11) of that value. Returns (sum, "gram" or "svd").
+    """
     lam = backend.eigvalsh(gram)
     lam_max = max(float(lam[-1]), 0.0)
     # LAPACK's approximate error bound for symmetric eigenvalues is eps * |G| (Users' Guide,
@@ -332,10 +344,10 @@ def _cross_term(backend: "_Backend", fa: CovarianceFactor, fb: CovarianceFactor,
     root = backend.sqrt_clamped(lam)
     cross_gram = backend.scalar(root.sum())
     bound = backend.scalar((delta / (root + math.sqrt(delta))).sum()) if delta > 0 else 0.0
-    scale = max(scale_hi - 2.0 * cross_gram, 1e-6 * (fa.trace + fb.trace))
-    if 2.0 * bound <= _GRAM_TOLERANCE * scale:
+    scale = max(scale_hi - 2.0 * cross_gram, 1e-6 * traces)
+    if 2.0 * bound <= tolerance * scale:
         return cross_gram, "gram"
-    return backend.scalar(backend.svdvals(m).sum()), "svd"
+    return backend.scalar(backend.svdvals(m() if callable(m) else m).sum()), "svd"
 
 
 def _gram_hopeless(backend: "_Backend", m: Any, fa: CovarianceFactor, fb: CovarianceFactor,
@@ -370,6 +382,9 @@ def _gram_hopeless(backend: "_Backend", m: Any, fa: CovarianceFactor, fb: Covari
 
 
 class _Backend:
+    def threads(self) -> Any:
+        return contextlib.nullcontext()
+
     def vector(self, x: Any) -> Any: ...
     def matrix(self, x: Any) -> Any: ...
     def factor(self, s: Any) -> CovarianceFactor: ...
@@ -387,6 +402,9 @@ def _tolerance(diag_max: float, d: int) -> float:
 
 
 class _Numpy(_Backend):
+    def threads(self) -> Any:
+        return blas_threads()
+
     def vector(self, x: Any) -> np.ndarray:
         return np.asarray(_host(x), dtype=np.float64).reshape(-1)
 
@@ -467,14 +485,14 @@ class _Numpy(_Backend):
                         overwrite_a=True)
 
     def svdvals(self, a: np.ndarray) -> np.ndarray:
-        # Measured at d = 2048 on this project's 2-core machines (idle): torch 1.39 s, scipy's
-        # dgesvd 1.76 s, numpy's dgesdd 1.82 s, and numpy's OpenBLAS degrades worst under load
-        # (22 s seen). torch is a runtime dependency; numpy stays as the last resort.
+        # scipy's dgesdd, values only: 1.37 s at d = 2048 with 2 threads idle, 2.3 s with 1.
+        # (torch's MKL SVD is ~1.4 s, but the numpy path must not import torch.) Under load it
+        # is the call that suffers most from a thread without a core: see blas_threads.
         try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a dependency
+            from scipy.linalg import svdvals
+        except ImportError:  # pragma: no cover - scipy is a dependency
             return np.linalg.svd(a, compute_uv=False)
-        return torch.linalg.svdvals(torch.from_numpy(np.ascontiguousarray(a))).numpy()
+        return svdvals(a, check_finite=False)
 
     def sqrt_clamped(self, x: np.ndarray) -> np.ndarray:
         return np.sqrt(np.clip(x, 0.0, None))
@@ -508,7 +526,13 @@ def _cholesky(s: np.ndarray, overwrite: bool = False) -> np.ndarray:
 
 
 def _pivoted_cholesky(s: np.ndarray, tol: float) -> tuple[np.ndarray, int, float] | None:
-    """LAPACK dpstrf through scipy (about 4x faster than eigh); None when scipy is absent."""
+    """LAPACK dpstrf through scipy (about 4x faster than eigh); None when scipy is absent.
+
+    Also the positive semi-definiteness check: dpstrf stops at the first pivot <= tol, and for a
+    PSD matrix the Schur complement it leaves (R = S22 - L21 L21^T, at most (d - rank)^2 entries,
+    formed explicitly: dpstrf does not return it) then has every entry within rounding of 0
+    (|R_ij| <= sqrt(R_ii R_jj)). An entry beyond that means a negative direction; only then are
+    the eigenvalues of S computed, to report the most negative one as ``negative``."""
     try:
         from scipy.linalg import lapack
     except ImportError:
@@ -518,13 +542,17 @@ def _pivoted_cholesky(s: np.ndarray, tol: float) -> tuple[np.ndarray, int, float
         return None
     d = s.shape[0]
     rank = int(rank)
+    order = piv - 1
     low = np.tril(c)[:, :rank]
     factor = np.empty((d, rank))
-    factor[piv - 1] = low  # undo the symmetric permutation: S = P L L^T P^T
-    # dpstrf stops at the first pivot <= tol; what is left is the trailing Schur complement,
-    # whose diagonal is tr(S) - |L|_F^2 summed: strongly negative means S was not PSD.
-    residual = float(np.trace(s)) - float(np.sum(low * low))
-    negative = -residual if residual < -d * tol else 0.0
+    factor[order] = low  # undo the symmetric permutation: S = P L L^T P^T
+    negative = 0.0
+    if rank < d:
+        rest = order[rank:]
+        tail = low[rank:]
+        residual = s[np.ix_(rest, rest)] - tail @ tail.T
+        if float(np.abs(residual).max()) > 10.0 * tol:
+            negative = max(-float(np.linalg.eigvalsh(s)[0]), 0.0)
     return np.ascontiguousarray(factor), rank, negative
 
 
@@ -589,6 +617,11 @@ class _Torch(_Backend):
 
     def scalar(self, x: Any) -> float:
         return float(x)
+
+
+def numpy_backend() -> _Backend:
+    """The float64 numpy/scipy backend (for callers that build their own matrices)."""
+    return _Numpy()
 
 
 def _host(x: Any) -> Any:
