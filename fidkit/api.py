@@ -62,6 +62,7 @@ def compute_statistics(
     dicom: Any = None,
     skip_bad: bool = False,
     manifest: str | os.PathLike | None = None,
+    features_file: str | os.PathLike | None = None,
     progress: bool = True,
     cache: bool = True,
 ) -> Statistics:
@@ -77,6 +78,10 @@ def compute_statistics(
     gives the reference network's bits, ``meta["network"]`` records which ran).
     How it runs (:class:`fidkit.extraction.Runtime`): ``device``, ``batch_size``, ``workers``,
     ``progress``. ``manifest``: write the items used and skipped to this JSON file.
+    ``features_file``: also keep the per-image features in this file (streamed to disk, read
+    memory-mapped; :func:`fidkit.statistics.featurestore.features_path` names the one beside a
+    stats file, which :func:`fidkit.compare` then uses for KID, precision/recall, density/coverage
+    and CMMD).
     ``cache``: reuse (and store) the statistics of an unchanged folder (:mod:`fidkit.statistics.cache`).
     Under an initialised torch.distributed process group each rank runs its block of the source
     and every rank gets the statistics of the whole (:mod:`fidkit.distributed`).
@@ -88,7 +93,7 @@ def compute_statistics(
     pipeline = Pipeline(features=features, dims=dims, convention=convention, weights=weights,
                         network=network).resolved()
     entry = None
-    if cache and manifest is None:
+    if cache and manifest is None and features_file is None:
         from fidkit.statistics.cache import entry_for
 
         entry = entry_for(source, pipeline, recursive=recursive, skip_bad=skip_bad, dicom=dicom,
@@ -102,7 +107,8 @@ def compute_statistics(
             return cached
     result = extract(source, pipeline, Runtime(device=device, batch_size=batch_size,
                                                workers=workers, progress=progress),
-                     recursive=recursive, dicom=dicom, skip_bad=skip_bad, manifest=manifest)
+                     recursive=recursive, dicom=dicom, skip_bad=skip_bad, manifest=manifest,
+                     features_file=features_file)
     if result.skipped:
         note(f"skipped {len(result.skipped)} unreadable item(s), e.g. {result.skipped[0][1]}")
     stats = result.statistics()

@@ -91,7 +91,8 @@ class Extraction:
 def extract(source: Any, pipeline: Pipeline = Pipeline(), runtime: Runtime = Runtime(), *,
             recursive: bool = False, dicom: Any = None, skip_bad: bool = False,
             keep_features: bool = False, keep_outputs: tuple[str, ...] = (),
-            manifest: str | os.PathLike | None = None) -> Extraction:
+            manifest: str | os.PathLike | None = None,
+            features_file: str | os.PathLike | None = None) -> Extraction:
     """Run ``source`` (a folder, a DICOM folder, an image array file, a uint8 array (N, H, W, 3)
     or tensor (N, 3, H, W), or a :class:`fidkit.sources.Source`) through ``pipeline``.
 
@@ -99,7 +100,9 @@ def extract(source: Any, pipeline: Pipeline = Pipeline(), runtime: Runtime = Run
     ``keep_outputs``: other outputs of the same pass to return per image, e.g.
     ``("logits_unbiased",)`` of the FID Inception for the Inception Score.
     ``manifest``: write the items used (in order, with sizes) and skipped to this JSON file; its
-    SHA-256 goes into the provenance. Raises InputError (fewer than 2 usable images, a bad
+    SHA-256 goes into the provenance. ``features_file``: also stream the per-image tap features
+    to this file (:mod:`fidkit.statistics.featurestore`, float32, memory-mapped when read, with
+    the same provenance), batch by batch, so that N is not bounded by RAM. Raises InputError (fewer than 2 usable images, a bad
     path), BadImageError (unless ``skip_bad``), WeightsError, UsageError.
     """
     from fidkit.sources import open_source
@@ -120,6 +123,14 @@ def extract(source: Any, pipeline: Pipeline = Pipeline(), runtime: Runtime = Run
     kept: dict[str, list[np.ndarray]] = {name: [] for name in wanted if name in keep}
     report = ExtractionReport()
     part = distributed.shard(src)
+    writer = None
+    if features_file is not None:
+        if distributed.is_active():  # each rank holds a block: gather, then rank 0 writes
+            kept.setdefault(tap, [])
+        else:
+            from fidkit.statistics.featurestore import FeatureWriter
+
+            writer = FeatureWriter(features_file, int(pipeline.dims))
     with distributed.agreed_errors():
         model, resolved = load_model(pipeline.weights, outputs=wanted, device=runtime.device,
                                      progress=bool(runtime.progress), features=extractor)
@@ -128,6 +139,8 @@ def extract(source: Any, pipeline: Pipeline = Pipeline(), runtime: Runtime = Run
                                  progress=runtime.progress, report=report,
                                  network=pipeline.network):
             acc.update(out[tap])
+            if writer is not None:
+                writer.append(out[tap].float().cpu().numpy())
             for name, batches in kept.items():
                 batches.append(out[name].float().cpu().numpy())
     acc = distributed.merge_extraction(acc, int(pipeline.dims), part, report, kept)
@@ -149,6 +162,14 @@ def extract(source: Any, pipeline: Pipeline = Pipeline(), runtime: Runtime = Run
     meta = build_meta(extractor=extractor, dims=int(pipeline.dims), convention=convention.name,
                       weights=resolved.describe(), n=acc.n, source=described, extra=extra)
     result = Extraction(accumulator=acc, meta=meta, skipped=list(report.skipped))
+    if features_file is not None and distributed.is_writer():
+        from fidkit.statistics.featurestore import write_features
+
+        if writer is not None:
+            writer.set_meta(meta)  # the provenance is complete only now
+            writer.close()
+        else:
+            write_features(features_file, np.concatenate(kept[tap]), dict(meta))
     if keep_features:
         result.features = np.concatenate(kept[tap])
     for name in keep_outputs:

@@ -46,7 +46,20 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            per_image_generated=True, per_image_reference=True),
     Metric("is", "Inception Score of the generated side", "generated", features="inception",
            logits=True),
+    Metric("pr", "precision (generated inside the reference manifold) and recall (the converse), "
+                 "k-NN manifolds (Kynkäänniemi et al. 2019; torch-fidelity's conventions)", "both",
+           features="vgg16", per_image_generated=True, per_image_reference=True),
+    Metric("dc", "density and coverage (Naeem et al. 2020; the prdc package's conventions)", "both",
+           features="vgg16", per_image_generated=True, per_image_reference=True),
+    Metric("cmmd", "CMMD: Gaussian-kernel MMD of L2-normalised CLIP embeddings, sigma 10, x1000 "
+                   "(Jayasumana et al. 2024)", "both", features="clip-vit-l-14-336px",
+           per_image_generated=True, per_image_reference=True),
 )}
+
+#: Default neighbourhood sizes: precision/recall (torch-fidelity, Kynkäänniemi et al.) and
+#: density/coverage (Naeem et al., prdc).
+DEFAULT_PR_K = 3
+DEFAULT_DC_K = 5
 
 
 @dataclass
@@ -140,12 +153,16 @@ _INPUT_KEYS = ("recursive", "dicom", "skip_bad")
 def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("fid",),
             force: bool = False, ci: float | None = None, fid_inf: bool = False,
             manifest: str | os.PathLike | None = None, cache: bool = True,
-            **options: Any) -> Report:
+            pr_k: int = DEFAULT_PR_K, dc_k: int = DEFAULT_DC_K, **options: Any) -> Report:
     """Every metric in ``metrics`` between ``generated`` and ``reference``.
 
     Each side is an image folder, a DICOM folder, an image array (file, numpy uint8
     (N, H, W, 3) or torch (N, 3, H, W)), a stats file or a :class:`Statistics`; a stats file
-    serves the Fréchet distance only (the other metrics need per-image features).
+    serves the Fréchet distance, and every other metric too when the per-image features file
+    written beside it (``fidkit stats --keep-features``, ``ref.pkl`` -> ``ref.features``) exists.
+    Each metric uses its own extractor unless ``features`` names one: fid/kid/is the FID
+    Inception, pr/dc VGG16 (torch-fidelity's), cmmd CLIP ViT-L/14@336px. ``pr_k`` / ``dc_k``: the
+    k-th neighbour of precision/recall and density/coverage.
     ``options``: what :func:`fidkit.compute_statistics` takes (``features``, ``dims``,
     ``convention``, ``weights``, ``network``, ``device``, ``batch_size``, ``workers``,
     ``progress``, ``recursive``, ``dicom``, ``skip_bad``). ``weights`` may be a mapping
@@ -169,15 +186,19 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
     stats_side = [isinstance(v, Statistics) or (isinstance(v, (str, os.PathLike))
                                                 and is_stats_path(v))
                   for v in (generated, reference)]
+    kept = [_kept_features(v) if stats_side[i] else None
+            for i, v in enumerate((generated, reference))]
     resampled = ci is not None or fid_inf
     for name in names:
         metric = METRICS[name]
-        if (metric.per_image_generated or metric.logits) and stats_side[0]:
+        if metric.logits and stats_side[0]:
             raise UsageError(f"{name} needs the generated side's images, not the statistics "
                              f"{inputs[0]}")
-        if metric.per_image_reference and stats_side[1]:
-            raise UsageError(f"{name} needs the reference side's images, not the statistics "
-                             f"{inputs[1]}")
+        for index, needed in enumerate((metric.per_image_generated, metric.per_image_reference)):
+            if needed and stats_side[index] and kept[index] is None:
+                raise UsageError(f"{name} needs the {SIDES[index]} side's per-image features: give "
+                                 f"images, or statistics made with --keep-features (keep_features=), "
+                                 f"not {inputs[index]} alone")
     if resampled and stats_side[0]:
         raise UsageError(f"ci / fid_inf (--ci, --fid-inf) resample the generated side's features: "
                          f"give it as images, not the statistics {inputs[0]}")
@@ -185,12 +206,13 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
     report = Report(inputs=inputs)
     groups = _group_by_extractor(names, options.get("features"), resampled)
     for extractor, members in groups.items():
-        pair = _side_pair(generated, reference, extractor, members, stats_side, resampled,
+        pair = _side_pair(generated, reference, extractor, members, stats_side, kept, resampled,
                           options, manifest if not report.statistics else None, cache)
         _check(pair, force, inputs, report)
         report.statistics[extractor] = (pair[0].statistics, pair[1].statistics)
         for name in members:
-            _compute(name, pair, report, extractor)
+            _compute(name, pair, report, extractor, pr_k=pr_k, dc_k=dc_k,
+                     device=options.get("device"))
         if "fid" in members and resampled:
             _sample_size(pair, report, ci, fid_inf)
     for stats_pair in report.statistics.values():
@@ -252,9 +274,19 @@ def _options_for(extractor: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _kept_features(side: Any) -> Any:
+    """The per-image features file beside a stats file (memory-mapped), or None."""
+    if not isinstance(side, (str, os.PathLike)):
+        return None
+    from fidkit.statistics.featurestore import features_path, open_features
+
+    path = features_path(side)
+    return open_features(path) if path.is_file() else None
+
+
 def _side_pair(generated: Any, reference: Any, extractor: str, members: list[str],
-               stats_side: list[bool], resampled: bool, options: Mapping[str, Any],
-               manifest: Any, cache: bool) -> tuple[_Side, _Side]:
+               stats_side: list[bool], kept: list[Any], resampled: bool,
+               options: Mapping[str, Any], manifest: Any, cache: bool) -> tuple[_Side, _Side]:
     from fidkit.api import compute_statistics, load_statistics
     from fidkit.extraction import Pipeline, Runtime, extract
 
@@ -271,7 +303,17 @@ def _side_pair(generated: Any, reference: Any, extractor: str, members: list[str
         if isinstance(value, Statistics):
             sides.append(_Side(value))
         elif stats_side[index]:
-            sides.append(_Side(load_statistics(value)))
+            stored = kept[index]
+            stats = load_statistics(value)
+            if stored is not None and per_image:
+                from fidkit.statistics.provenance import extractor_of
+
+                if extractor_of(stored.meta) != extractor_of(stats.meta):  # pragma: no cover
+                    raise InputError(f"{stored.path} holds {extractor_of(stored.meta)} features "
+                                     f"but {value} {extractor_of(stats.meta)} statistics; "
+                                     "recompute both with fidkit stats --keep-features")
+            sides.append(_Side(stats, stored.features if stored is not None and per_image
+                               else None))
         elif not per_image and not logits:
             sides.append(_Side(compute_statistics(
                 value, manifest=manifest if index == 0 else None, cache=cache, **opts)))
@@ -301,7 +343,8 @@ def _check(pair: tuple[_Side, _Side], force: bool, inputs: tuple[str, str], repo
         report.warn(line)
 
 
-def _compute(name: str, pair: tuple[_Side, _Side], report: Report, extractor: str) -> None:
+def _compute(name: str, pair: tuple[_Side, _Side], report: Report, extractor: str, *,
+             pr_k: int = DEFAULT_PR_K, dc_k: int = DEFAULT_DC_K, device: Any = None) -> None:
     gen, ref = pair
     info = {"extractor": extractor, "describes": METRICS[name].describes,
             "n_generated": gen.statistics.n,
@@ -334,7 +377,44 @@ def _compute(name: str, pair: tuple[_Side, _Side], report: Report, extractor: st
         splits = min(DEFAULT_SPLITS, len(gen.logits))
         result = inception_score(gen.logits, splits=splits)
         report.values["is"] = {**result.to_dict(), "splits": splits}
+    elif name == "pr":
+        from fidkit.distances.prdc import precision_recall
+
+        result = precision_recall(ref.features, gen.features, k=pr_k, device=_torch_device(device))
+        report.values["pr"] = {"precision": result.precision, "recall": result.recall,
+                               "f_score": result.f_score}
+        info["k"] = pr_k
+    elif name == "dc":
+        from fidkit.distances.prdc import density_coverage
+
+        result = density_coverage(ref.features, gen.features, k=dc_k, device=_torch_device(device))
+        report.values["dc"] = {"density": result.density, "coverage": result.coverage}
+        info["k"] = dc_k
+    elif name == "cmmd":
+        from fidkit.distances.cmmd import DEFAULT_SCALE, DEFAULT_SIGMA, cmmd
+
+        value = cmmd(_unit_rows(gen.features), _unit_rows(ref.features),
+                     device=_torch_device(device))
+        report.values["cmmd"] = float(value)
+        info.update(sigma=DEFAULT_SIGMA, scale=DEFAULT_SCALE, estimator="biased (reference code)")
     report.described[name] = info
+
+
+def _torch_device(device: Any) -> Any:
+    """The device the blockwise sample metrics run on: the caller's CUDA device, else numpy."""
+    return str(device) if device is not None and str(device).startswith("cuda") else None
+
+
+def _unit_rows(features: Any) -> Any:
+    """Rows divided by their L2 norm in float64 (CMMD compares directions, as the reference's
+    CLIP model returns unit embeddings); read block by block so memmapped rows stay on disk."""
+    import numpy as np
+
+    rows = np.empty(features.shape, dtype=np.float64)
+    for start in range(0, len(features), 65536):
+        block = np.asarray(features[start:start + 65536], dtype=np.float64)
+        rows[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return rows
 
 
 def _sample_size(pair: tuple[_Side, _Side], report: Report, ci: float | None,

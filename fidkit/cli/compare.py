@@ -17,7 +17,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "generated side.")
     p.add_argument("generated", metavar="GENERATED", help="the generated images (or their statistics)")
     p.add_argument("reference", metavar="REFERENCE", help="the reference images or statistics")
-    p.add_argument("--metrics", default="fid", help="comma-separated: fid, kid, is (default fid)")
+    p.add_argument("--metrics", default="fid",
+                   help="comma-separated: fid, kid, is, pr (precision/recall), dc (density/"
+                        "coverage), cmmd (default fid); each uses its own extractor (fid/kid/is "
+                        "inception, pr/dc vgg16, cmmd clip-vit-l-14-336px) unless --features")
+    p.add_argument("--pr-k", type=int, default=3, metavar="K",
+                   help="k-th neighbour for precision/recall (default 3)")
+    p.add_argument("--dc-k", type=int, default=5, metavar="K",
+                   help="k-th neighbour for density/coverage (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--force", action="store_true",
                    help="compare even if the two sides were made differently (a warning is printed)")
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = pipeline_kwargs(args)
     report = compare(args.generated, args.reference, metrics=metrics, force=args.force,
                      ci=args.ci, fid_inf=args.fid_inf, manifest=args.manifest,
-                     cache=not args.no_cache, **kwargs)
+                     cache=not args.no_cache, pr_k=args.pr_k, dc_k=args.dc_k, **kwargs)
     if args.montage:
         from fidkit.cli.montage import write_input_montage
 

@@ -17,6 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", metavar="FILE", help="write the list of files used and skipped (JSON)")
     p.add_argument("--montage", metavar="FILE.png", help="write a QC grid of inputs as the network sees them")
     p.add_argument("--json", action="store_true", help="print the provenance as JSON on stdout")
+    p.add_argument("--keep-features", action="store_true",
+                   help="also keep the per-image features beside OUT (OUT's name with .features: "
+                        "float32, read memory-mapped) for KID, precision/recall, density/coverage "
+                        "and CMMD against this reference")
     add_pipeline_options(p)
     p.set_defaults(func=run)
 
@@ -31,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{out} exists; pass --overwrite to replace it or choose another name")
     if not out.parent.is_dir() and str(out.parent):
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    features_file = None
+    if args.keep_features:
+        from fidkit.statistics.featurestore import features_path
+
+        features_file = features_path(out)
+        if features_file.exists() and not args.overwrite:
+            raise InputError(f"{features_file} exists; pass --overwrite to replace it or choose "
+                             "another output name")
     from fidkit import distributed
     from fidkit.api import compute_statistics
 
@@ -40,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(kwargs["weights"], dict):  # NAME=PATH: the one of the chosen extractor
         kwargs["weights"] = kwargs["weights"].get(args.features or "inception",
                                                   kwargs["weights"].get(None))
-    stats = compute_statistics(args.src, manifest=args.manifest, cache=not args.no_cache, **kwargs)
+    stats = compute_statistics(args.src, manifest=args.manifest, cache=not args.no_cache,
+                               features_file=features_file, **kwargs)
     if not distributed.is_writer():
         return 0
     if args.montage:

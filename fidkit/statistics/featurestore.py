@@ -166,6 +166,12 @@ class FeatureWriter:
             raise
         self.n += int(rows.shape[0])
 
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        """Replace the provenance to write (it is complete only once the last batch is in)."""
+        from fidkit.statistics.statsio import _plain
+
+        self._meta = _plain(dict(meta))
+
     def close(self) -> Path:
         """Write the JSON meta and the preamble, then rename the file into place; returns its path.
         Calling it again does nothing."""
