@@ -20,6 +20,8 @@ EFFECT = {
                   "or upscaled images)",
     "weights": "a different network: the numbers are unrelated",
     "dicom": "different spacing/window/axis/slice choices change the images themselves",
+    "protocol": "a different volume protocol or protocol option (shape, spacing, planes, input "
+                "size) changes what the network sees",
 }
 
 
@@ -125,4 +127,14 @@ def differences(a: dict[str, Any] | None, b: dict[str, Any] | None,
             if da is None or db is None:
                 parts = [f"{na if da is None else nb} is not from DICOM"]
             out.append(f"DICOM options differ: {', '.join(parts)} ({EFFECT['dicom']})")
+        pa, pb = a.get("protocol"), b.get("protocol")
+        if (pa or pb) and (pa != pb or a.get("plane") != b.get("plane")):
+            if pa is None or pb is None:
+                parts = [f"{na if pa is None else nb} was made without a volume protocol"]
+            elif pa != pb:
+                keys = sorted(set(pa) | set(pb))
+                parts = [f"{k} {pa.get(k)!r} vs {pb.get(k)!r}" for k in keys if pa.get(k) != pb.get(k)]
+            else:
+                parts = [f"plane {a.get('plane')!r} vs {b.get('plane')!r}"]
+            out.append(f"protocols differ: {', '.join(parts)} ({EFFECT['protocol']})")
     return out
