@@ -159,8 +159,10 @@ class CLIPImageEncoder(nn.Module):
         for name in self.outputs:
             if name == "embedding":
                 result[name] = embedding
-            else:  # CMMD's reference: x / ||x||_2 in float32 after the projection
+            elif name == "embedding_normalized":  # CMMD's reference: x / ||x||_2, float32
                 result[name] = embedding / embedding.norm(dim=-1, keepdim=True)
+            else:
+                check_outputs((name,))  # raises UsageError naming the choices
         return result
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "weights") -> None:
