@@ -8,6 +8,7 @@ shapes on the meta device against the ``clip`` package's model class.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import subprocess
@@ -231,6 +232,45 @@ def test_hostile_and_garbage_files_are_refused(b32, b32_weights, tmp_path):
     other = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, other)
     assert "visual" in _one_line_weights_error(b32, other)
+
+
+def test_archive_reader_walks_shared_objects_once(tmp_path):
+    """A module tree whose nodes are shared (paths double at every level: 2**40 of them here)
+    and cyclic is read in linear time, each object under the first name reaching it."""
+    from fidkit.extractors.networks.torchscript_archive import read_torchscript_tensors
+
+    fake = types.ModuleType("__torch__")
+
+    class Node:
+        def __init__(self, state):
+            self.state = state
+
+        def __reduce__(self):
+            return (Node, (), self.state)
+
+        def __setstate__(self, state):
+            self.state = state
+
+    Node.__module__, Node.__qualname__ = "__torch__", "Node"
+    fake.Node = Node
+    sys.modules["__torch__"] = fake
+    try:
+        leaf = Node({"weight": torch.ones(2)})
+        node = leaf
+        for _ in range(40):
+            node = Node({"a": node, "b": node})
+        leaf.state["loop"] = node  # a cycle back to the root
+        buffer = io.BytesIO()
+        torch.save(node, buffer)  # torch's zip container: <name>/data.pkl + data/<key>
+    finally:
+        del sys.modules["__torch__"]
+    archive = tmp_path / "shared.pt"
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(archive, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr(src.namelist()[0].split("/")[0] + "/constants.pkl", pickle.dumps(()))
+    tensors = read_torchscript_tensors(archive)
+    assert list(tensors) == [".".join(["a"] * 40 + ["weight"])]
 
 
 def test_another_clip_model_is_refused(b32_weights):

@@ -177,19 +177,23 @@ def read_torchscript_tensors(path: Any) -> dict[str, torch.Tensor]:
             detail = " ".join(str(exc).split())[:160]
             raise ArchiveError(f"data.pkl refused: {detail}") from None
     tensors: dict[str, torch.Tensor] = {}
-    _collect(root, "", tensors, 0)
+    _collect(root, "", tensors, 0, set())
     if not tensors:
         raise ArchiveError("the archive holds no tensors")
     return tensors
 
 
-def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], depth: int) -> None:
+def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor], depth: int, seen: set[int]) -> None:
+    # Each module object is walked once, under the first name it is reached by: a pickle can
+    # reference one object from many places (a cycle, or a chain of shared nodes whose paths
+    # double at every level), which must not make the walk loop or explode.
     if depth > _MAX_DEPTH:
         raise ArchiveError(f"module tree deeper than {_MAX_DEPTH} levels")
     if isinstance(obj, torch.Tensor):
-        out[prefix.rstrip(".")] = obj
+        out.setdefault(prefix.rstrip("."), obj)
         return
-    if isinstance(obj, _ScriptObject):
+    if isinstance(obj, _ScriptObject) and id(obj) not in seen:
+        seen.add(id(obj))
         for name, value in obj.state.items():
             if isinstance(name, str):
-                _collect(value, f"{prefix}{name}.", out, depth + 1)
+                _collect(value, f"{prefix}{name}.", out, depth + 1, seen)
