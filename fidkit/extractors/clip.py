@@ -40,8 +40,9 @@ from fidkit.extractors import register
 from fidkit.extractors.base import Convention, Extractor, WeightsFile
 
 _CDN = "https://openaipublic.azureedge.net/clip/models"
-_LICENCE = ("MIT (github.com/openai/CLIP LICENSE, under which the weights are released; the model "
-            "card scopes use to research)")
+# github.com/openai/CLIP's LICENSE (MIT), the repository that publishes the weights; its model
+# card scopes the intended use to research.
+_LICENCE = "MIT"
 
 # TODO(verify): sizes in bytes are from third-party download records, not published by OpenAI
 # (the SHA-256 in each URL is OpenAI's).
