@@ -238,46 +238,49 @@ def sample_size_report(
     if fid_inf and fid_inf_boot == 1:
         raise UsageError("a FID-infinity interval needs fid_inf_boot >= 2 (or 0 for none)")
     sizes = _sizes(n, n_points, min_fraction) if fid_inf else []
+    # BLAS threads are fitted to the idle cores step by step (blas_threads): load changes in minutes
+    rng = np.random.default_rng(seed)
+    warnings: list[str] = []
     with blas_threads():
         ref_factor = covariance_factor(ref_stats.sigma)
-        rng = np.random.default_rng(seed)
-        warnings: list[str] = []
         fid = _fid(_stats(x), ref_stats, ref_factor)
         projected = _Projected(x, ref_stats, ref_factor)
-        del x
-        infinity = None
-        if fid_inf:
-            if sizes[0] <= d:
-                warnings.append(
-                    f"FID-infinity uses subsets from {sizes[0]} images, not more than d = {d}: "
-                    "there the 1/N law is rough; use more images for a reliable extrapolation")
-            order = rng.permutation(n)
-            with _bar(progress, len(sizes), "FID-infinity sizes") as step:
-                fids = projected.nested_fids(order, sizes, step)
-            value, slope = _fit(sizes, fids)
-            infinity = FidInfinity(value, slope, sizes, fids, None, list(warnings))
+    del x
+    infinity = None
+    if fid_inf:
+        if sizes[0] <= d:
+            warnings.append(
+                f"FID-infinity uses subsets from {sizes[0]} images, not more than d = {d}: "
+                "there the 1/N law is rough; use more images for a reliable extrapolation")
+        order = rng.permutation(n)
+        with _bar(progress, len(sizes), "FID-infinity sizes") as step, blas_threads():
+            fids = projected.nested_fids(order, sizes, step)
+        value, slope = _fit(sizes, fids)
+        infinity = FidInfinity(value, slope, sizes, fids, None, list(warnings))
 
-        interval = None
-        if ci:
-            boot: list[float] = []
-            with _bar(progress, n_boot, "FID bootstrap") as step:
-                for _ in range(n_boot):
-                    idx = rng.integers(0, n, n)
+    interval = None
+    if ci:
+        boot: list[float] = []
+        with _bar(progress, n_boot, "FID bootstrap") as step:
+            for _ in range(n_boot):
+                idx = rng.integers(0, n, n)
+                with blas_threads():
                     if resample_ref:
                         r_stats = _stats(ref_x[rng.integers(0, len(ref_x), len(ref_x))])  # type: ignore[index]
                         boot.append(_fid(projected.weighted_stats(idx), r_stats, None))
                     else:
                         boot.append(projected.weighted_fid(idx))
-                    step()
-            interval = _interval(fid, boot, level)
+                step()
+        interval = _interval(fid, boot, level)
 
-        if infinity is not None and fid_inf_boot > 0:
-            boot_inf: list[float] = []
-            with _bar(progress, fid_inf_boot * len(sizes), "FID-infinity bootstrap") as step:
-                for _ in range(fid_inf_boot):
-                    boot_inf.append(_fit(sizes, projected.nested_fids(rng.integers(0, n, n), sizes,
-                                                                      step))[0])
-            infinity.interval = _interval(infinity.value, boot_inf, level)
+    if infinity is not None and fid_inf_boot > 0:
+        boot_inf: list[float] = []
+        with _bar(progress, fid_inf_boot * len(sizes), "FID-infinity bootstrap") as step:
+            for _ in range(fid_inf_boot):
+                idx = rng.integers(0, n, n)
+                with blas_threads():
+                    boot_inf.append(_fit(sizes, projected.nested_fids(idx, sizes, step))[0])
+        infinity.interval = _interval(infinity.value, boot_inf, level)
     if n <= d:
         warnings.insert(0, f"only {n} generated images for d = {d} dims: the covariance is "
                            "singular and FID is strongly biased upward at this N")
@@ -325,10 +328,10 @@ class _Projected:
     def weighted_fid(self, idx: np.ndarray) -> float:
         """FID of the rows ``idx`` (repeats allowed) against the reference."""
         n = len(idx)
-        counts = np.bincount(idx, minlength=len(self.x0))
+        counts = np.bincount(idx, minlength=len(self.x0)).astype(np.float64)
+        mean0 = counts @ self.x0 / n  # no gathered copy of the rows
         rows = np.flatnonzero(counts)
-        c = counts[rows].astype(np.float64)
-        mean0 = c @ self.x0[rows] / n
+        c = counts[rows]
         trace = (float(c @ self.sq[rows]) - n * float(mean0 @ mean0)) / (n - 1)
         y = self.y0[rows]
         y -= c @ y / n
