@@ -51,6 +51,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            features="vgg16", per_image_generated=True, per_image_reference=True),
     Metric("dc", "density and coverage (Naeem et al. 2020; the prdc package's conventions)", "both",
            features="vgg16", per_image_generated=True, per_image_reference=True),
+    Metric("msssim", "MS-SSIM diversity: mean MS-SSIM between seeded random pairs of generated "
+                     "slices or volumes (lower = more diverse; fidkit.diversity)", "generated"),
     Metric("cmmd", "CMMD: Gaussian-kernel MMD of L2-normalised CLIP embeddings, sigma 10, x1000 "
                    "(Jayasumana et al. 2024)", "both", features="clip-vit-l-14-336px",
            per_image_generated=True, per_image_reference=True),
@@ -113,7 +115,8 @@ class Report:
         rows = [f"{name}: {format_value(value)}" for name, value in self.values.items()]
         rows.append(f"generated: {self.inputs[0]}")
         rows.append(f"reference: {self.inputs[1]}")
-        extractors = sorted({info["extractor"] for info in self.described.values()})
+        extractors = sorted({info["extractor"] for info in self.described.values()
+                             if info.get("extractor")})
         rows.append(f"features: {', '.join(extractors)}")
         return rows
 
@@ -153,7 +156,9 @@ _INPUT_KEYS = ("recursive", "dicom", "skip_bad")
 def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("fid",),
             force: bool = False, ci: float | None = None, fid_inf: bool = False,
             manifest: str | os.PathLike | None = None, cache: bool = True,
-            pr_k: int = DEFAULT_PR_K, dc_k: int = DEFAULT_DC_K, **options: Any) -> Report:
+            pr_k: int = DEFAULT_PR_K, dc_k: int = DEFAULT_DC_K, protocol: str | None = None,
+            maisi: Any = None, volume_shape: Sequence[int] | None = None,
+            msssim: Mapping[str, Any] | None = None, **options: Any) -> Report:
     """Every metric in ``metrics`` between ``generated`` and ``reference``.
 
     Each side is an image folder, a DICOM folder, an image array (file, numpy uint8
@@ -170,6 +175,12 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
     ``ci``: a confidence level for a bootstrap interval of the FID; ``fid_inf``: FID-infinity
     (both resample the generated side's features; see docs/sample_size.md for their cost).
     ``manifest``: write the generated side's used and skipped items to this JSON file.
+    Medical volumes (:mod:`fidkit.volumes`): ``protocol="maisi-2.5d"`` (MAISI's 2.5-D FID:
+    ``fid_xy``, ``fid_yz``, ``fid_zx`` and their mean ``fid``; ``maisi`` a
+    :class:`fidkit.dicom.maisi.MaisiOptions`) or ``"volume-3d"`` (the default with a 3-D
+    extractor such as ``features="medicalnet-resnet10"``; ``volume_shape`` its (D, H, W) input).
+    ``msssim``: options of the ``msssim`` metric (:mod:`fidkit.diversity`: ``pairs``, ``seed``,
+    ``dims``, ``scales``, ``kernel_size``).
     Raises ProvenanceMismatchError (sides made differently, unless ``force``), InputError,
     UsageError, WeightsError; warns :class:`FidkitWarning` for each line in ``Report.warnings``.
     """
@@ -183,6 +194,24 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
     for side, value in zip(SIDES, (generated, reference)):  # both, before minutes on either
         if isinstance(value, (str, os.PathLike)) and not os.path.exists(value):
             raise InputError(f"{value} does not exist; check the path ({side} side)")
+    from fidkit.volumes import compare_volumes, resolve_protocol
+
+    volume_protocol = resolve_protocol(protocol, options.get("features"))
+    if volume_protocol is not None:
+        if ci is not None or fid_inf or manifest is not None:
+            raise UsageError(f"--ci, --fid-inf and --manifest are not available with {volume_protocol}")
+        return _finish(compare_volumes(generated, reference, protocol=volume_protocol,
+                                       metrics=names, force=force, maisi=maisi,
+                                       volume_shape=volume_shape, msssim=msssim, options=options))
+    if maisi is not None or volume_shape is not None:
+        raise UsageError("maisi= / volume_shape= (--maisi-*, --volume-shape) need a volume protocol "
+                         "(--protocol maisi-2.5d, or a 3-D extractor)")
+    diversity = "msssim" in names
+    names = [name for name in names if name != "msssim"]
+    if diversity and (isinstance(generated, Statistics) or (
+            isinstance(generated, (str, os.PathLike)) and is_stats_path(generated))):
+        raise UsageError(f"msssim measures the generated side's images: give them, not the "
+                         f"statistics {inputs[0]}")
     stats_side = [isinstance(v, Statistics) or (isinstance(v, (str, os.PathLike))
                                                 and is_stats_path(v))
                   for v in (generated, reference)]
@@ -215,13 +244,34 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
                      device=options.get("device"))
         if "fid" in members and resampled:
             _sample_size(pair, report, ci, fid_inf)
+    if diversity:
+        _diversity(generated, report, options, msssim)
+    return _finish(report)
+
+
+def _finish(report: Report) -> Report:
+    """Add the provenance warnings of every statistics used, and raise each warning once as a
+    :class:`FidkitWarning` (at :func:`compare`'s caller)."""
     for stats_pair in report.statistics.values():
         for stats in stats_pair:
             for line in provenance_warnings(stats.meta):
                 report.warn(line)
     for line in report.warnings:
-        warnings.warn(FidkitWarning(line), stacklevel=2)
+        warnings.warn(FidkitWarning(line), stacklevel=3)
     return report
+
+
+def _diversity(generated: Any, report: Report, options: Mapping[str, Any],
+               msssim: Mapping[str, Any] | None) -> None:
+    """``msssim`` of image / slice inputs (volume protocols: :func:`fidkit.volumes.compare_volumes`)."""
+    from fidkit.diversity import source_diversity
+
+    result = source_diversity(generated, recursive=bool(options.get("recursive")),
+                              dicom=options.get("dicom"), **dict(msssim or {}))
+    report.values["msssim"] = {"mean": result.mean, "std": result.std, "pairs": result.pairs}
+    report.described["msssim"] = {"extractor": None, "describes": METRICS["msssim"].describes,
+                                  "n_generated": result.params.get("samples"),
+                                  "n_reference": None, **result.params}
 
 
 @dataclass

@@ -53,10 +53,85 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="resample to this spacing in mm: Z or Z,Y,X (default: see README)")
     d.add_argument("--window", default=None, metavar="LO,HI|PRESET",
                    help="display window: a value range, a preset (brain, soft-tissue, lung, bone) or 'file'")
-    d.add_argument("--axis", default=None, choices=("axial", "coronal", "sagittal"),
-                   help="slice direction (default axial)")
+    d.add_argument("--axis", default=None, choices=("axial", "coronal", "sagittal", "all"),
+                   help="slice direction (default axial; all: the three planes of every volume)")
     d.add_argument("--slices", default=None, metavar="SEL",
                    help="which slices: all, central:FRACTION, every:K (default all)")
+
+
+def add_volume_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the volume protocols (:mod:`fidkit.volumes`) and of MS-SSIM diversity
+    (:mod:`fidkit.diversity`)."""
+    v = parser.add_argument_group("medical volumes (NIfTI files/folders, DICOM series folders)")
+    v.add_argument("--protocol", default=None, choices=("maisi-2.5d", "volume-3d"),
+                   help="maisi-2.5d: MONAI MAISI's 2.5-D FID (XY/YZ/ZX planes of every volume, "
+                        "default --features radimagenet-resnet50; fid = the planes' mean); "
+                        "volume-3d: whole volumes through a 3-D extractor (the default with "
+                        "--features medicalnet-*)")
+    v.add_argument("--maisi-shape", default=None, metavar="X,Y,Z",
+                   help="maisi-2.5d pad/crop target in voxels (default 512,512,512)")
+    v.add_argument("--maisi-spacing", default=None, metavar="X,Y,Z",
+                   help="maisi-2.5d: resample to this spacing in mm first (default: as stored)")
+    v.add_argument("--maisi-center-ratio", type=float, default=None, metavar="R",
+                   help="maisi-2.5d: keep the central fraction R of each plane's slices "
+                        "(default all)")
+    v.add_argument("--volume-shape", default=None, metavar="D,H,W",
+                   help="volume-3d network input in voxels (default MedicalNet's 56,448,448; the "
+                        "features depend on it)")
+    m = parser.add_argument_group("MS-SSIM diversity (--metrics msssim)")
+    m.add_argument("--msssim-pairs", type=_positive, default=None, metavar="N",
+                   help="random pairs of generated samples (default 1000)")
+    m.add_argument("--msssim-seed", type=_non_negative, default=None, metavar="S",
+                   help="seed of the pair draw (default 0)")
+    m.add_argument("--msssim-dims", type=int, default=None, choices=(2, 3),
+                   help="2: slices, 3: volumes (default 3 for volume-3d, else 2)")
+    m.add_argument("--msssim-scales", type=_positive, default=None, metavar="M",
+                   help="first M of the 5 standard scales, weights renormalised (small samples)")
+    m.add_argument("--msssim-kernel", type=_positive, default=None, metavar="K",
+                   help="Gaussian window size, odd (default 11)")
+
+
+def volume_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for :func:`fidkit.compare` from :func:`add_volume_options`' options."""
+    out: dict[str, Any] = {}
+    if getattr(args, "protocol", None) is not None:
+        out["protocol"] = args.protocol
+    maisi = {}
+    if getattr(args, "maisi_shape", None):
+        from fidkit.volumes import parse_shape
+
+        maisi["target_shape"] = parse_shape(args.maisi_shape, "--maisi-shape")
+    if getattr(args, "maisi_spacing", None):
+        maisi["spacing"] = _mm_triple(args.maisi_spacing)
+    if getattr(args, "maisi_center_ratio", None) is not None:
+        maisi["center_slices_ratio"] = args.maisi_center_ratio
+    if maisi:
+        from fidkit.dicom.maisi import MaisiOptions
+
+        out["maisi"] = MaisiOptions(**maisi)
+    if getattr(args, "volume_shape", None):
+        from fidkit.volumes import parse_shape
+
+        out["volume_shape"] = parse_shape(args.volume_shape)
+    msssim = {key: getattr(args, f"msssim_{flag}") for key, flag in (
+        ("pairs", "pairs"), ("seed", "seed"), ("dims", "dims"), ("scales", "scales"),
+        ("kernel_size", "kernel")) if getattr(args, f"msssim_{flag}", None) is not None}
+    if msssim:
+        out["msssim"] = msssim
+    return out
+
+
+def _mm_triple(text: str) -> tuple[float, float, float]:
+    import math
+
+    try:
+        values = tuple(float(w) for w in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UsageError(f"bad --maisi-spacing {text!r}; give three positive mm values X,Y,Z, "
+                         "e.g. 1.0,1.0,1.0")
+    return values  # type: ignore[return-value]
 
 
 def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:

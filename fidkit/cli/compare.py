@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fidkit.cli.common import add_pipeline_options, emit_json, pipeline_kwargs
+from fidkit.cli.common import (add_pipeline_options, add_volume_options, emit_json,
+                               pipeline_kwargs, volume_kwargs)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("reference", metavar="REFERENCE", help="the reference images or statistics")
     p.add_argument("--metrics", default="fid",
                    help="comma-separated: fid, kid, is, pr (precision/recall), dc (density/"
-                        "coverage), cmmd (default fid); each uses its own extractor (fid/kid/is "
-                        "inception, pr/dc vgg16, cmmd clip-vit-l-14-336px) unless --features")
+                        "coverage), cmmd, msssim (diversity of GENERATED) (default fid); each "
+                        "uses its own extractor (fid/kid/is inception, pr/dc vgg16, cmmd "
+                        "clip-vit-l-14-336px) unless --features")
     p.add_argument("--pr-k", type=int, default=3, metavar="K",
                    help="k-th neighbour for precision/recall (default 3)")
     p.add_argument("--dc-k", type=int, default=5, metavar="K",
@@ -38,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", metavar="FILE",
                    help="write the list of GENERATED's files used and skipped (JSON)")
     add_pipeline_options(p)
+    add_volume_options(p)
     p.set_defaults(func=run)
 
 
@@ -46,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = parse_metrics(args.metrics)
     kwargs = pipeline_kwargs(args)
+    volumes = volume_kwargs(args)
     report = compare(args.generated, args.reference, metrics=metrics, force=args.force,
                      ci=args.ci, fid_inf=args.fid_inf, manifest=args.manifest,
-                     cache=not args.no_cache, pr_k=args.pr_k, dc_k=args.dc_k, **kwargs)
+                     cache=not args.no_cache, pr_k=args.pr_k, dc_k=args.dc_k, **volumes, **kwargs)
     if args.montage:
         from fidkit.cli.montage import write_input_montage
 
-        write_input_montage(args.generated, args.montage, **kwargs)
+        write_input_montage(args.generated, args.montage, **volumes, **kwargs)
     if args.json:
         emit_json(report.to_dict())
     else:

@@ -64,8 +64,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--window", default=None, metavar="WINDOW",
                    help="LOW,HIGH value range (e.g. -1000,1000), CENTER/WIDTH (e.g. 40/400), a preset "
                         "(brain, soft_tissue, lung, bone, ...) or 'file' (default: the series' own)")
-    g.add_argument("--axis", default=None, choices=("axial", "coronal", "sagittal"),
-                   help="slice plane (default axial)")
+    g.add_argument("--axis", default=None, choices=("axial", "coronal", "sagittal", "all"),
+                   help="slice plane (default axial; all: axial, coronal and sagittal)")
     g.add_argument("--slices", default=None, metavar="SEL",
                    help="all (default), central:FRACTION, every:K, or central:F,every:K")
 

@@ -35,7 +35,7 @@ class FolderSource:
         self.recursive = recursive
         self.files = list_images(self.root, recursive=recursive)
         if not self.files:
-            hint = "" if recursive else " (images in subfolders? add --recursive)"
+            hint = "" if recursive else " (images in subfolders? recursive=True / --recursive)"
             raise InputError(f"{self.root}: no image files found{hint}; supported: png, jpg, jpeg, "
                              "bmp, tif, tiff, webp, pgm, ppm")
 
@@ -90,8 +90,10 @@ def open_source(src: Any, *, recursive: bool = False, dicom: Any = None) -> Sour
     """Turn a path or an array into a :class:`Source`.
 
     ``src`` may be a folder of images, a DICOM folder (detected; ``dicom`` is a
-    :class:`fidkit.dicom.DicomOptions`), a ``.npy``/``.npz`` image array file, a uint8 numpy array,
-    or a uint8 torch tensor. Raises :class:`InputError`.
+    :class:`fidkit.dicom.DicomOptions`), a volume dataset (a ``.nii``/``.nii.gz`` file, a folder
+    of them, or a folder of DICOM series one per subfolder:
+    :class:`fidkit.dicom.source.VolumeSource`, the same ``dicom`` options), a ``.npy``/``.npz``
+    image array file, a uint8 numpy array, or a uint8 torch tensor. Raises :class:`InputError`.
     """
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
@@ -99,6 +101,12 @@ def open_source(src: Any, *, recursive: bool = False, dicom: Any = None) -> Sour
             if path.is_symlink():
                 raise InputError(f"{path} is a broken symbolic link")
             raise InputError(f"{path} does not exist; check the path")
+        from fidkit.dicom.source import DicomOptions, open_volume_source
+
+        volumes = open_volume_source(path, dicom if dicom is not None else DicomOptions(),
+                                     recursive=recursive)
+        if volumes is not None:
+            return volumes
         if path.is_dir():
             if _is_dicom_folder(path):
                 from fidkit.dicom.source import DicomOptions, DicomSource
@@ -107,8 +115,8 @@ def open_source(src: Any, *, recursive: bool = False, dicom: Any = None) -> Sour
             return FolderSource(path, recursive=recursive)
         if path.suffix.lower() in ARRAY_SUFFIXES:
             return ArraySource(load_image_array(path), name=str(path), path=str(path.resolve()))
-        raise InputError(f"{path}: give a folder of images, a DICOM folder, a .npy/.npz image array "
-                         "or a stats file")
+        raise InputError(f"{path}: give a folder of images, a DICOM folder, a NIfTI file "
+                         "(.nii/.nii.gz) or folder, a .npy/.npz image array or a stats file")
     if isinstance(src, np.ndarray) or hasattr(src, "detach"):
         return ArraySource(src)
     if hasattr(src, "load") and hasattr(src, "describe") and hasattr(src, "__len__"):
