@@ -38,6 +38,7 @@ class Metric:
     per_image_generated: bool = False
     per_image_reference: bool = False
     logits: bool = False
+    convention: str | None = None  # with its default extractor: that extractor's convention
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -226,7 +227,8 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
         for index, needed in enumerate((metric.per_image_generated, metric.per_image_reference)):
             if needed and stats_side[index] and kept[index] is None:
                 raise UsageError(f"{name} needs the {SIDES[index]} side's per-image features: give "
-                                 f"images, or statistics made with --keep-features (keep_features=), "
+                                 f"images, or statistics made with --keep-features (compute_statistics("
+                                 f"features_file=...)), "
                                  f"not {inputs[index]} alone")
     if resampled and stats_side[0]:
         raise UsageError(f"ci / fid_inf (--ci, --fid-inf) resample the generated side's features: "
@@ -303,7 +305,8 @@ def _group_by_extractor(names: list[str], chosen: str | None, resampled: bool) -
     return groups
 
 
-def _options_for(extractor: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def _options_for(extractor: str, options: Mapping[str, Any],
+                 members: Sequence[str] = ()) -> dict[str, Any]:
     """compute_statistics options for one extractor: the pipeline choices apply to the extractor
     the caller chose (``features``, default the FID Inception); other extractors get their
     defaults, and ``weights`` may name a file per extractor."""
@@ -320,6 +323,10 @@ def _options_for(extractor: str, options: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("dims", "convention", "network"):
             if options.get(key) is not None:
                 out[key] = options[key]
+    else:  # a metric's own extractor, with the convention that metric's reference code uses
+        own = [METRICS[m].convention for m in members if METRICS[m].convention]
+        if own:
+            out["convention"] = own[0]
     out["features"] = extractor
     return out
 
@@ -340,7 +347,7 @@ def _side_pair(generated: Any, reference: Any, extractor: str, members: list[str
     from fidkit.api import compute_statistics, load_statistics
     from fidkit.extraction import Pipeline, Runtime, extract
 
-    opts = _options_for(extractor, options)
+    opts = _options_for(extractor, options, members)
     sides = []
     for index, value in enumerate((generated, reference)):
         metrics = [METRICS[m] for m in members]
@@ -408,16 +415,13 @@ def _compute(name: str, pair: tuple[_Side, _Side], report: Report, extractor: st
         for line in result.warnings:
             report.warn(line)
     elif name == "kid":
-        from fidkit.distances.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kid
+        from fidkit.distances.kid import (DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kid,
+                                          lowered_subset_warning)
 
         size = min(DEFAULT_SUBSET_SIZE, len(gen.features), len(ref.features))
-        if size < DEFAULT_SUBSET_SIZE:
-            smaller = "generated" if len(gen.features) == size else "reference"
-            report.warn(f"KID subset size lowered from {DEFAULT_SUBSET_SIZE} to {size} (the "
-                        f"{smaller} side has {size} images)"
-                        + ("; every subset of that side is then the whole set, so KID's std "
-                           "understates its uncertainty" if size in (len(gen.features),
-                                                                      len(ref.features)) else ""))
+        lowered = lowered_subset_warning(DEFAULT_SUBSET_SIZE, len(gen.features), len(ref.features))
+        if lowered:
+            report.warn(lowered)
         result = kid(gen.features, ref.features, subset_size=size, subsets=DEFAULT_SUBSETS)
         report.values["kid"] = {**result.to_dict(), "subset_size": size,
                                 "subsets": DEFAULT_SUBSETS}

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Frechet distances (FID, FD-DINOv2, CLIP-FID, ...), KID and IS that say how "
                     "every number was made.",
         epilog="Exit codes: 0 ok, 1 internal error (a bug), 2 usage or bad input, "
-        "3 weights unavailable, 4 the two sides were made differently (use --force), 130 interrupted.",
+        "3 weights unavailable, 4 the two sides were made differently (use --force), 75 stopped "
+        "by SIGTERM/SIGUSR1 with a checkpoint saved (rerun to resume), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"fidkit {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
@@ -61,8 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = bool(os.environ.get("FIDKIT_DEBUG"))
-    if not debug:
-        warnings.showwarning = _one_line_warning
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        # Each command says every warning that applies to it, even when an earlier command in
+        # the same process (a test, a notebook) said the same words.
+        from fidkit.errors import FidkitWarning
+
+        warnings.simplefilter("always", FidkitWarning)
+        return _run(args, debug)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         return int(args.func(args) or 0)
     except FidkitError as exc:
