@@ -92,11 +92,19 @@ def open_source(src: Any, *, recursive: bool = False, dicom: Any = None) -> Sour
     ``src`` may be a folder of images, a DICOM folder (detected; ``dicom`` is a
     :class:`fidkit.dicom.DicomOptions`), a volume dataset (a ``.nii``/``.nii.gz`` file, a folder
     of them, or a folder of DICOM series one per subfolder:
-    :class:`fidkit.dicom.source.VolumeSource`, the same ``dicom`` options), a ``.npy``/``.npz``
-    image array file, a uint8 numpy array, or a uint8 torch tensor. Raises :class:`InputError`.
+    :class:`fidkit.dicom.source.VolumeSource`, the same ``dicom`` options), a ``.zip`` or ``.tar``
+    archive or a brace pattern of them (``shards/train-{000000..000127}.tar``, read in place:
+    :class:`fidkit.sources.archives.ArchiveSource`), a ``.npy``/``.npz`` image array file, a uint8
+    numpy array, or a uint8 torch tensor. Raises :class:`InputError`.
     """
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
+        if not path.is_dir():  # a brace pattern is not a real path: archives are tried first
+            from fidkit.sources.archives import open_archive_source
+
+            archive = open_archive_source(src)
+            if archive is not None:
+                return archive
         if not path.exists():
             if path.is_symlink():
                 raise InputError(f"{path} is a broken symbolic link")
@@ -116,7 +124,8 @@ def open_source(src: Any, *, recursive: bool = False, dicom: Any = None) -> Sour
         if path.suffix.lower() in ARRAY_SUFFIXES:
             return ArraySource(load_image_array(path), name=str(path), path=str(path.resolve()))
         raise InputError(f"{path}: give a folder of images, a DICOM folder, a NIfTI file "
-                         "(.nii/.nii.gz) or folder, a .npy/.npz image array or a stats file")
+                         "(.nii/.nii.gz) or folder, a .zip/.tar archive, a .npy/.npz image array "
+                         "or a stats file")
     if isinstance(src, np.ndarray) or hasattr(src, "detach"):
         return ArraySource(src)
     if hasattr(src, "load") and hasattr(src, "describe") and hasattr(src, "__len__"):
