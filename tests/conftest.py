@@ -85,3 +85,28 @@ def image_folders(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
         b = write_folder(root / f"{name}_b", make_images(n, size, seed=20))
         out[name] = (a, b)
     return out
+
+
+@pytest.fixture()
+def http_folder(tmp_path):
+    """A local HTTP server (127.0.0.1, a free port) serving a fresh folder: yields (folder, base
+    URL). Stands in for the weights and dataset hosts in the download tests."""
+    import http.server
+    import threading
+
+    root = tmp_path / "site"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
-import threading
 
 import pytest
 
@@ -15,26 +13,6 @@ from fidkit.errors import WeightsError
 from fidkit.extractors import get_extractor, iter_extractors
 
 NAMES = [e.name for e in iter_extractors() if e.weights is not None]
-
-
-@pytest.fixture()
-def site(tmp_path):
-    root = tmp_path / "site"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(root), **k)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
 
 
 def _served(spec, root, base, payload: bytes, *, published: bool = True):
@@ -51,10 +29,10 @@ def _served(spec, root, base, payload: bytes, *, published: bool = True):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_each_extractor_downloads_verifies_and_caches(name, site, tmp_path, monkeypatch):
+def test_each_extractor_downloads_verifies_and_caches(name, http_folder, tmp_path, monkeypatch):
     from fidkit.extractors.weights import resolve_weights
 
-    root, base = site
+    root, base = http_folder
     monkeypatch.setenv("FIDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FIDKIT_WEIGHTS", raising=False)
     monkeypatch.delenv("FIDKIT_OFFLINE", raising=False)
@@ -97,10 +75,10 @@ def test_offline_error_names_file_hash_and_place(name, tmp_path, monkeypatch, ca
     assert (spec.sha256 in err) if spec.sha256 else ("SHA-256 not published" in err)
 
 
-def test_unpublished_hash_is_pinned_on_first_download(site, tmp_path, monkeypatch, capsys):
+def test_unpublished_hash_is_pinned_on_first_download(http_folder, tmp_path, monkeypatch, capsys):
     from fidkit.extractors.weights import resolve_weights
 
-    root, base = site
+    root, base = http_folder
     monkeypatch.setenv("FIDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FIDKIT_OFFLINE", raising=False)
     spec = get_extractor("dinov2-vit-s-14").weights

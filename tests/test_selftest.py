@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import pickle
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,27 +42,12 @@ def _fake_cifar(root: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture()
-def served(tmp_path, test_weights):
-    """A local HTTP server with the weights file and the fake CIFAR-10 archive."""
-    site = tmp_path / "site"
-    site.mkdir()
+def served(http_folder, test_weights):
+    """The local server with the weights file and the fake CIFAR-10 archive."""
+    site, base = http_folder
     (site / "weights.pth").write_bytes(Path(test_weights).read_bytes())
     _, md5 = _fake_cifar(site)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(site), **k)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", md5
-    finally:
-        server.shutdown()
+    return base, md5
 
 
 def test_selftest_downloads_and_matches_torch_fidelity(served, tmp_path, test_weights, monkeypatch):
@@ -84,6 +67,7 @@ def test_selftest_downloads_and_matches_torch_fidelity(served, tmp_path, test_we
     monkeypatch.setitem(registry._REGISTRY, "inception", dataclasses.replace(inception, weights=local))
     monkeypatch.setenv("FIDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FIDKIT_WEIGHTS", raising=False)
+    monkeypatch.delenv("FIDKIT_OFFLINE", raising=False)
 
     class LocalCIFAR10(CIFAR10):
         url = f"{base}/cifar-10-python.tar.gz"
