@@ -260,7 +260,7 @@ class _InceptionMetrics:
                           weights=self._weights.describe(), n=acc.n, source=source, extra=extra)
         return acc.statistics(meta)
 
-    def _fid(self) -> float:
+    def _fid(self, said: list[str]) -> float:
         from fidkit.api import check_comparable
         from fidkit.distances.frechet import cached_factor, covariance_factor, frechet_from_moments
 
@@ -272,14 +272,14 @@ class _InceptionMetrics:
         result = frechet_from_moments(fake.mu, fake.sigma, ref.mu, ref.sigma, n_a=fake.n,
                                       n_b=ref.n, factor_a=covariance_factor(fake.sigma),
                                       factor_b=factor_ref)
-        _warn(lines + list(result.warnings) + _provenance_lines(fake, ref))
+        said += lines + list(result.warnings) + _provenance_lines(fake, ref)
         return result.value
 
     def _gathered(self, parts: list[torch.Tensor], width: int) -> torch.Tensor:
         local = torch.cat(parts) if parts else None
         return distributed.gather_rows(local, width, torch.float32)
 
-    def _kid(self) -> MeanStd:
+    def _kid(self, said: list[str]) -> MeanStd:
         fake = self._gathered(self._features[False], self.dims)
         ref = self._reference_features
         if ref is None:
@@ -287,26 +287,44 @@ class _InceptionMetrics:
                 raise UsageError("KID needs the reference's features, not only its statistics: give "
                                  "reference=<folder or feature array> or update(real=True)")
             ref = self._gathered(self._features[True], self.dims)
+        from fidkit.distances.kid import lowered_subset_warning
+
+        lowered = lowered_subset_warning(self.kid_subset_size, len(fake), len(ref))
+        said += ([lowered] if lowered else []) + self._weights_lines()
         return kid(fake, ref, subset_size=self.kid_subset_size, subsets=self.kid_subsets,
                    seed=self.seed)
 
-    def _inception_score(self) -> MeanStd:
+    def _inception_score(self, said: list[str]) -> MeanStd:
         from fidkit.defaults import LOGITS_DIM
 
         logits = self._gathered(self._logits, LOGITS_DIM)
+        said += self._weights_lines()
         return inception_score(logits, splits=self.is_splits, seed=self.seed)
 
     def compute_all(self) -> dict[str, Any]:
         """Every metric switched on: ``{"fid": float, "kid": MeanStd, "is": MeanStd}`` (only the
-        keys asked for). A collective under torch.distributed."""
+        keys asked for). A collective under torch.distributed. Warns (FidkitWarning) as
+        ``fidkit compare`` does, each line once."""
         out: dict[str, Any] = {}
+        said: list[str] = []
         if self.use_fid:
-            out["fid"] = self._fid()
+            out["fid"] = self._fid(said)
         if self.use_kid:
-            out["kid"] = self._kid()
+            out["kid"] = self._kid(said)
         if self.use_is:
-            out["is"] = self._inception_score()
+            out["is"] = self._inception_score(said)
+        _warn(said)
         return out
+
+    def _weights_lines(self) -> list[str]:
+        """What every number made with this metric's weights must say (non-canonical, licence):
+        :func:`fidkit.report.provenance_warnings` of the metric's provenance."""
+        from fidkit.report import provenance_warnings
+        from fidkit.statistics.provenance import build_meta
+
+        meta = build_meta(extractor=self.extractor, dims=self.dims, convention=self._conv.name,
+                          weights=self._weights.describe(), n=0, source={})
+        return provenance_warnings(meta)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -404,7 +422,10 @@ class FID(_InceptionMetrics):
         Raises:
             UsageError: fewer than 2 images on a side. ProvenanceMismatchError: see ``force``.
         """
-        return self._fid()
+        said: list[str] = []
+        value = self._fid(said)
+        _warn(said)
+        return value
 
 
 class KID(_InceptionMetrics):
@@ -418,7 +439,10 @@ class KID(_InceptionMetrics):
 
     def compute(self) -> MeanStd:
         """KID mean and std over subsets (squared feature units)."""
-        return self._kid()
+        said: list[str] = []
+        value = self._kid(said)
+        _warn(said)
+        return value
 
 
 class InceptionScore(_InceptionMetrics):
@@ -433,7 +457,10 @@ class InceptionScore(_InceptionMetrics):
 
     def compute(self) -> MeanStd:
         """Inception Score mean and std over the splits."""
-        return self._inception_score()
+        said: list[str] = []
+        value = self._inception_score(said)
+        _warn(said)
+        return value
 
 
 def _provenance_lines(*stats: Statistics) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fidkit.errors import UsageError
-from fidkit.distances.kid import MeanStd
+from fidkit.distances.kid import MeanStd, check_finite
 
 DEFAULT_SPLITS = 10
 DEFAULT_SEED = 2020
@@ -27,12 +27,14 @@ def inception_score(logits: Any, *, splits: int = DEFAULT_SPLITS, shuffle: bool 
 
     Raises:
         UsageError: not 2-D, or fewer samples than splits.
+        InputError: NaN or inf in the logits (the score would be NaN).
     """
     if hasattr(logits, "detach"):
         logits = logits.detach().cpu().numpy()
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
         raise UsageError(f"Inception Score needs (N, C) logits, got shape {z.shape}")
+    check_finite(z, "Inception Score: the logits")
     n = z.shape[0]
     splits = int(splits)
     if splits < 1 or n < splits:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fidkit.errors import UsageError
+from fidkit.errors import InputError, UsageError
 
 #: torch-fidelity's defaults, so that a plain call reproduces its published numbers.
 DEFAULT_SUBSET_SIZE = 1000
@@ -62,11 +62,14 @@ def kid(features_a: Any, features_b: Any, *, subset_size: int = DEFAULT_SUBSET_S
 
     Raises:
         UsageError: shapes that do not match, fewer than 2 samples, subsets < 1.
+        InputError: NaN or inf in a feature set (the score would be NaN).
     """
     a = _as_array(features_a)
     b = _as_array(features_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise UsageError(f"KID needs two (N, d) feature sets of the same d, got {a.shape} and {b.shape}")
+    check_finite(a, "KID: the first feature set")
+    check_finite(b, "KID: the second feature set")
     if int(subsets) < 1:
         raise UsageError(f"KID subsets must be 1 or more, got {subsets}")
     m = min(int(subset_size), a.shape[0], b.shape[0])
@@ -79,6 +82,27 @@ def kid(features_a: Any, features_b: Any, *, subset_size: int = DEFAULT_SUBSET_S
         y = b[rng.choice(b.shape[0], m, replace=False)]
         scores[i] = mmd2_unbiased(polynomial_kernel(x, x), polynomial_kernel(x, y), polynomial_kernel(y, y))
     return MeanStd(float(scores.mean()), float(scores.std()))
+
+
+def lowered_subset_warning(subset_size: int, n_generated: int, n_reference: int) -> str | None:
+    """The warning for a KID whose ``subset_size`` is lowered to the smaller side's sample count
+    (None when it is not lowered): the command line and the Python API say the same words."""
+    size = min(int(subset_size), int(n_generated), int(n_reference))
+    if size >= int(subset_size):
+        return None
+    smaller = "generated" if n_generated == size else "reference"
+    return (f"KID subset size lowered from {subset_size} to {size} (the {smaller} side has {size} "
+            "images); every subset of that side is then the whole set, so KID's std understates "
+            "its uncertainty")
+
+
+def check_finite(rows: np.ndarray, what: str) -> None:
+    """Raise InputError naming the first row of ``rows`` (N, d) that holds NaN or inf."""
+    finite = np.isfinite(rows).all(axis=tuple(range(1, rows.ndim)))
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise InputError(f"{what}: row {row} of {len(rows)} holds NaN or inf; check the images "
+                         "and the model in float32")
 
 
 def _as_array(x: Any) -> np.ndarray:
