@@ -88,7 +88,7 @@ def compute_statistics(
     For per-image features (KID, precision/recall, bootstrap) use :func:`fidkit.extraction.extract`.
     Raises InputError/BadImageError/WeightsError/UsageError.
     """
-    from fidkit.extraction import Pipeline, Runtime, extract, note, source_name
+    from fidkit.extraction import Pipeline, Runtime, extract, note, source_name, warn_source
 
     pipeline = Pipeline(features=features, dims=dims, convention=convention, weights=weights,
                         network=network).resolved()
@@ -103,6 +103,7 @@ def compute_statistics(
             if progress:
                 note(f"{source_name(source)} unchanged since its statistics were computed; "
                      "reusing them (cache=False / --no-cache recomputes)")
+            warn_source(source, cached.meta.get("source") or {})
             _warn_provenance(cached)
             return cached
     result = extract(source, pipeline, Runtime(device=device, batch_size=batch_size,

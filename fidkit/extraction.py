@@ -149,6 +149,8 @@ def extract(source: Any, pipeline: Pipeline = Pipeline(), runtime: Runtime = Run
                          "need at least 2 (and far more than the feature dimension for a stable "
                          "number)")
     described = src.describe()
+    if distributed.is_writer():
+        warn_source(source, described)
     if report.skipped:
         described["skipped"] = len(report.skipped)
     if manifest is not None:
@@ -200,6 +202,18 @@ def write_manifest(path: str | os.PathLike, source: Any, report: Any) -> str:
             "skipped": [{"item": item, "reason": reason} for item, reason in report.skipped]}
     atomic_write_bytes(path, (json.dumps(body, indent=1) + "\n").encode())
     return digest
+
+
+def warn_source(source: Any, described: dict[str, Any]) -> None:
+    """Raise what the source reported about its own content (``describe()["warnings"]``: e.g. a
+    DICOM series whose SliceThickness differs from its measured spacing, a gap between slices)
+    as :class:`fidkit.FidkitWarning`, one per line, each naming the source."""
+    import warnings
+
+    from fidkit.errors import FidkitWarning
+
+    for line in described.get("warnings") or ():
+        warnings.warn(FidkitWarning(f"{source_name(source)}: {line}"), stacklevel=3)
 
 
 def source_name(source: Any) -> str:

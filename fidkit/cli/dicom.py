@@ -4,7 +4,8 @@
   options as ``stats``: ``--spacing --window --axis --slices``), plus ``export.json`` (provenance and
   the name of each slice) and, with ``--montage FILE.png``, a labelled QC grid.
 * ``fidkit dicom info SRC`` lists the series and volumes found, their geometry and warnings, and the
-  files skipped (``--json`` for machine-readable output).
+  files skipped (``--json`` for machine-readable output); with any of ``--spacing --window --axis
+  --slices`` it also counts the slices ``stats`` would take with them, per volume (no network runs).
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def add_parser(subparsers: Any) -> None:
     info = verbs.add_parser("info", help="list series, geometry, warnings and skipped files")
     info.add_argument("src", metavar="SRC", help="a DICOM folder (searched recursively) or file")
     info.add_argument("--json", action="store_true", help="print JSON on stdout")
+    _add_options(info)
+    accept_negative_values(info)
     info.set_defaults(func=run_info)
     parser.set_defaults(func=lambda args: _missing(parser))
 
@@ -122,6 +125,9 @@ def run_info(args: argparse.Namespace) -> int:
         "files_read": found.files_read,
         "skipped": [{"path": s.path, "reason": s.reason} for s in found.skipped],
     }
+    given = [f"--{key} {getattr(args, key)}" for key in _OPTIONS if getattr(args, key) is not None]
+    if given:
+        record["preview"] = _preview(args)
     if args.json:
         emit_json(record)
         return 0
@@ -138,4 +144,26 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"     warning: {w}")
     for s in found.skipped:
         print(f"  skipped {s.path}: {s.reason}")
+    if given:
+        preview = record["preview"]
+        print(f"with {' '.join(given)}: {preview['slices']} slice(s) from "
+              f"{len(preview['per_volume'])} volume(s)")
+        for n, volume in enumerate(preview["per_volume"]):
+            planes = ", ".join(f"{plane} {count}" for plane, count in volume["slices"].items())
+            print(f"  {n}: {volume['name']}: {planes}")
     return 0
+
+
+_OPTIONS = ("spacing", "window", "axis", "slices")
+
+
+def _preview(args: argparse.Namespace) -> dict[str, Any]:
+    """The slices ``fidkit stats`` would take with these options, per volume, without running a
+    network (volume datasets are counted from their headers; a DICOM folder is resampled)."""
+    from fidkit.dicom.source import DicomOptions, DicomSource, open_volume_source
+
+    options = DicomOptions.from_cli(args.spacing, args.window, args.axis, args.slices)
+    source = open_volume_source(args.src, options) or DicomSource(args.src, options)
+    return {"options": options.to_meta(), "slices": len(source),
+            "per_volume": [{"name": name, "slices": counts}
+                           for name, counts in source.slice_counts()]}

@@ -87,7 +87,8 @@ def resample(
             raise InputError(
                 f"series {volume.series_uid}: resampling to {target:g} mm would make {count} samples "
                 f"over {extent:.6g} mm along axis {'zyx'[axis]}; the positions look wrong (see the "
-                f"gap warnings of 'fidkit dicom info') or choose a coarser --spacing"
+                f"gap warnings of 'fidkit dicom info') or choose a coarser spacing "
+                f"(DicomOptions(spacing=...) / --spacing)"
             )
         centre = (source[0] + source[-1]) / 2.0
         new = centre + (np.arange(count) - (count - 1) / 2.0) * target

@@ -299,6 +299,16 @@ class DicomSource:
             return f"v{item.volume} #{item.index} z={v.positions[item.index]:.1f}"
         return f"v{item.volume} #{item.index} {item.plane}"
 
+    def slice_counts(self) -> list[tuple[str, dict[str, int]]]:
+        """Per volume, in order: its name (``series UID [label]``) and the slices taken from it
+        in each plane (after resampling and ``options.slices``)."""
+        counts: list[dict[str, int]] = [{plane: 0 for plane in planes_of(self.options.axis)}
+                                        for _ in self.volumes]
+        for item in self._items:
+            counts[item.volume][item.plane] += 1
+        return [(f"series {v.series_uid}" + (f" [{v.label}]" if v.label else ""), c)
+                for v, c in zip(self.volumes, counts)]
+
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance: kind, path, series/volume counts, slices, skipped files, warnings."""
         return {
@@ -382,8 +392,9 @@ class VolumeSource:
             except InputError:
                 if kind != "nifti":
                     raise
-                raise InputError(f"{e.path} stores no display range (cal_min/cal_max); pass --window "
-                                 f"(a preset such as 'soft_tissue', a range like -1000,1000 or 40/400)") from None
+                raise InputError(f"{e.path} stores no display range (cal_min/cal_max); pass a window, "
+                                 f"DicomOptions(window=...) or --window: a preset such as "
+                                 f"'soft_tissue', a range like -1000,1000 or 40/400") from None
         self._items: list[_Item] = []
         self._counts: list[dict[str, int]] = []
         self._shapes: list[tuple[int, int, int]] = []
@@ -474,6 +485,11 @@ class VolumeSource:
         """A montage label: volume number, plane initial and slice index, e.g. ``v3 a#12``."""
         item = self._item(i)
         return f"v{item.volume} {item.plane[0]}#{item.index}"
+
+    def slice_counts(self) -> list[tuple[str, dict[str, int]]]:
+        """Per volume, in order: its name and the slices taken from it in each plane (counted
+        from the headers: no voxel is read)."""
+        return [(e.name, dict(c)) for e, c in zip(self.entries, self._counts)]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance: the volume count, slices per volume and plane, each volume's

@@ -43,6 +43,10 @@ _EXTRACTOR_OF: "weakref.WeakKeyDictionary[torch.nn.Module, Extractor]" = weakref
 #: The values of the ``network`` choice; see the module's docstring.
 NETWORK_CHOICES: tuple[str, ...] = ("auto", "reference", "blocked")
 
+#: Added to an unreadable item's reason when it stops the run. Sources give the reason and its
+#: fix only: the same reason is what a skipping run reports, where this hint has been taken.
+SKIP_BAD_HINT = "skip_bad=True / --skip-bad skips unreadable items"
+
 
 def network_path(network: str | None, device: torch.device | str,
                  extractor: Extractor | str | None = None) -> str:
@@ -380,10 +384,10 @@ def iter_features(
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE if device.type == "cuda" else DEFAULT_CPU_BATCH_SIZE
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {workers}")
+        raise UsageError(f"workers (--workers) must be 0 or more, got {workers}")
     runnable, path = select_network(model, network, device)
     if report is not None:
         report.network = path
@@ -407,7 +411,7 @@ def iter_features(
             for indices, batch, errors in loader:
                 for index, reason in errors:
                     if not skip_bad:
-                        raise BadImageError(reason)
+                        raise BadImageError(f"{reason} ({SKIP_BAD_HINT})")
                     if report is not None:
                         report.skipped.append((source.item_name(index), reason))
                 if batch is not None:

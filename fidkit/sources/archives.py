@@ -204,25 +204,23 @@ class _Index:
         flags, size, stored = int(self.flags[j]), int(self.sizes[j]), int(self.stored[j])
         if flags & _LINK:
             raise BadImageError(f"{item}: a symbolic or hard link member; archives are read in "
-                                "place and links are not followed: store the image itself, or "
-                                "use --skip-bad")
+                                "place and links are not followed: store the image itself")
         if flags & _ENCRYPTED:
-            raise BadImageError(f"{item}: an encrypted member; decrypt the archive first, or use "
-                                "--skip-bad")
+            raise BadImageError(f"{item}: an encrypted member; decrypt the archive first")
         if flags & _SPARSE:
             raise BadImageError(f"{item}: a sparse tar member, which is not read; store it as a "
-                                "regular file, or use --skip-bad")
+                                "regular file")
         if size > MAX_MEMBER_BYTES or stored > MAX_MEMBER_BYTES:
             raise BadImageError(f"{item}: declares {max(size, stored)} bytes, over the "
                                 f"{MAX_MEMBER_BYTES}-byte limit: refused as a possible archive "
-                                "bomb; use --skip-bad")
+                                "bomb")
         offset = int(self.offsets[j])
         if self.kind == "tar":
             return self._read_exact(offset, size, item)
         header = self._read_exact(offset, 30, item)
         if header[:4] != b"PK\x03\x04":
             raise BadImageError(f"{item}: no local header at byte {offset} (corrupt archive); "
-                                "re-create it, or use --skip-bad")
+                                "re-create it")
         name_length, extra_length = struct.unpack("<HH", header[26:30])
         raw = self._read_exact(offset + 30 + name_length + extra_length, stored, item)
         method = int(self.methods[j])
@@ -236,30 +234,30 @@ class _Index:
                 data = bz2.BZ2Decompressor().decompress(raw, max_length=size + 1)
             else:
                 raise BadImageError(f"{item}: zip compression method {method} is not supported "
-                                    "(stored, deflate and bzip2 are); re-zip it, or use --skip-bad")
+                                    "(stored, deflate and bzip2 are); re-zip it")
         except (zlib.error, OSError, EOFError, ValueError) as exc:
             raise BadImageError(f"{item}: corrupt compressed data ({' '.join(str(exc).split())}); "
-                                "re-create the archive, or use --skip-bad") from None
+                                "re-create the archive") from None
         if len(data) != size:
             raise BadImageError(f"{item}: unpacks to {'more' if len(data) > size else 'fewer'} "
                                 f"bytes than the {size} its directory declares (corrupt or "
-                                "hostile archive); use --skip-bad")
+                                "hostile archive); re-create it")
         if zlib.crc32(data) != int(self.crcs[j]):
             raise BadImageError(f"{item}: CRC-32 mismatch (corrupt member); re-create the "
-                                "archive, or use --skip-bad")
+                                "archive")
         return data
 
     def _read_exact(self, offset: int, count: int, item: str) -> bytes:
         if offset + count > self.size:
             raise BadImageError(f"{item}: extends past the end of the archive ({self.size} "
-                                "bytes): truncated; re-download it, or use --skip-bad")
+                                "bytes): truncated; re-download it")
         try:
             data = _read_at(str(self.path), offset, count)
         except OSError as exc:
             raise BadImageError(f"{item}: cannot read {self.path} ({exc.strerror or exc})") from None
         if len(data) != count:
             raise BadImageError(f"{item}: the archive ended early (truncated while in use?); "
-                                "use --skip-bad")
+                                "run again once it is complete")
         return data
 
 
@@ -644,8 +642,7 @@ class FileListSource:
         path = self.path(index)
         if not path.is_file():
             raise BadImageError(f"{path}: listed in {self.list_path} but "
-                                f"{'not a file' if path.exists() else 'missing'}; fix the list "
-                                "or use --skip-bad")
+                                f"{'not a file' if path.exists() else 'missing'}; fix the list")
         return decode_image(path)
 
     def item_name(self, index: int) -> str:

@@ -131,17 +131,17 @@ def decode_image(path: str | os.PathLike, *, data: bytes | None = None) -> np.nd
         ) from None
     except UnidentifiedImageError:
         raise BadImageError(f"{path}: not a readable image (unknown or corrupt format); "
-                            "remove it or use --skip-bad") from None
+                            "remove it") from None
     except FileNotFoundError:
         raise BadImageError(f"{path}: file disappeared while reading") from None
     except PermissionError:
-        raise BadImageError(f"{path}: permission denied; make it readable or use --skip-bad") from None
+        raise BadImageError(f"{path}: permission denied; make it readable") from None
     except BadImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
             ZeroDivisionError, MemoryError, RuntimeError) as exc:
         detail = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise BadImageError(f"{path}: cannot decode ({detail}); remove it or use --skip-bad") from None
+        raise BadImageError(f"{path}: cannot decode ({detail}); remove it") from None
 
 
 def _to_rgb8(img, path: Path) -> np.ndarray:
@@ -227,6 +227,9 @@ def as_nhwc_uint8(arr, name: str) -> np.ndarray:
     """Validate an image batch and return it as uint8 (N, H, W, 3) (a view when possible)."""
     arr = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
     if arr.dtype != np.uint8:
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # say that first: no cast helps
+            raise InputError(f"{name}: the images hold NaN or inf values (a diverged generator?); "
+                             "fidkit takes uint8 0..255 images")
         raise InputError(f"{name}: images must be uint8 0..255, got dtype {arr.dtype}; "
                          "convert with (x * 255).round().astype(np.uint8) for [0, 1] floats")
     if arr.ndim == 3:

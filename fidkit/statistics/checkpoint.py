@@ -88,11 +88,12 @@ class ChunkPlan:
         """Raises UsageError unless ``chunk_size`` is a positive multiple of ``batch_size``;
         None gives :data:`DEFAULT_CHUNK_SIZE` rounded up to a multiple of the batch size."""
         if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+            raise UsageError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
         if chunk_size is None:
             chunk_size = -(-DEFAULT_CHUNK_SIZE // batch_size) * batch_size
         if chunk_size < 1 or chunk_size % batch_size:
-            raise UsageError(f"--chunk-size {chunk_size} must be a positive multiple of the batch "
+            raise UsageError(f"chunk_size={chunk_size} (--chunk-size) must be a positive multiple "
+                             f"of the batch "
                              f"size {batch_size}, so that every chunk is batched the same way")
         return cls(int(items), int(chunk_size), int(batch_size))
 

@@ -257,7 +257,8 @@ def open_features(path: str | os.PathLike, *, check_finite: bool = False) -> Sto
         if head[:len(_MAGIC)] != _MAGIC:
             hint = " (a stats file; give its .features file)" if head[:1] in (b"\x80", b"P") else ""
             raise StatsFileError(f"{target} is not a fidkit features file{hint}; "
-                                 "write one with fidkit's --keep-features")
+                                 "write one with compute_statistics(features_file=...) "
+                                 "or fidkit stats --keep-features")
         if len(head) < _PREAMBLE.size:
             raise StatsFileError(f"{target}: truncated ({size} bytes, shorter than the header); "
                                  "recreate the features file")
@@ -306,7 +307,7 @@ def _open_regular(path: Path) -> IO[bytes]:
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise StatsFileError(f"{path}: no such features file; check the path (write one with "
-                             "--keep-features)") from None
+                             "compute_statistics(features_file=...) or --keep-features)") from None
     except IsADirectoryError:
         raise StatsFileError(f"{path} is a folder, not a features file") from None
     except OSError as exc:

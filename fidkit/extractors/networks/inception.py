@@ -306,6 +306,6 @@ def _check_outputs(outputs: Iterable[str]) -> tuple[str, ...]:
 def tap_name(dims: int) -> str:
     """The output name for a feature dimension (64, 192, 768 or 2048)."""
     if dims not in TAP_DIMS:
-        raise UsageError(f"--dims {dims} is not an FID Inception tap; choose from "
+        raise UsageError(f"dims={dims} (--dims {dims}) is not an FID Inception tap; choose from "
                          f"{', '.join(map(str, TAP_DIMS))}")
     return str(dims)
