@@ -102,6 +102,7 @@ def test_selftest_downloads_and_matches_torch_fidelity(served, tmp_path, test_we
     assert ours["is_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-4, abs=1e-6)
     assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4,
                                              abs=1e-7)
-    assert ours["kid_std"] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-4,
-                                            abs=1e-7)
+    # Subsets of all 40 images are the same set each time: the std is 0 up to the rounding of
+    # torch-fidelity's float32 kernel sums (~2e-7 here), fidkit's float64 ones give ~1e-16.
+    assert ours["kid_std"] == pytest.approx(theirs["kernel_inception_distance_std"], abs=1e-6)
     assert np.isfinite(list(ours.values())).all()
