@@ -45,7 +45,7 @@ def scale_weights(scales: int | None) -> tuple[float, ...]:
         return DEFAULT_WEIGHTS
     if not 1 <= int(scales) <= len(DEFAULT_WEIGHTS):
         raise UsageError(f"MS-SSIM scales must be 1 to {len(DEFAULT_WEIGHTS)}, got {scales} "
-                         "(--msssim-scales)")
+                         "(msssim={'scales': ...} / --msssim-scales)")
     kept = DEFAULT_WEIGHTS[:int(scales)]
     return tuple(w / sum(kept) for w in kept)
 
@@ -89,7 +89,8 @@ def pair_diversity(count: int, load: Callable[[int], np.ndarray], *, data_range:
                                   **params))
     except UsageError as exc:
         if "larger than" in str(exc):
-            raise UsageError(f"{exc} (--msssim-scales, --msssim-kernel)") from None
+            raise UsageError(f"{exc} (msssim= scales / kernel_size, --msssim-scales / "
+                             "--msssim-kernel)") from None
         raise
     result = np.concatenate(values)
     record = {"seed": seed, "data_range": float(data_range), "spatial_dims": spatial_dims,
@@ -124,8 +125,9 @@ def source_diversity(source: Any, *, pairs: int = DEFAULT_PAIRS, seed: int = 0,
     from fidkit.sources import open_source
 
     if dims not in (None, 2):
-        raise UsageError("3-D MS-SSIM needs volumes: add --protocol maisi-2.5d or a 3-D extractor "
-                         "(--features medicalnet-resnet10)")
+        raise UsageError("3-D MS-SSIM needs volumes: add protocol='maisi-2.5d' (--protocol "
+                         "maisi-2.5d) or a 3-D extractor (features='medicalnet-resnet10' / "
+                         "--features medicalnet-resnet10)")
     src = open_source(source, recursive=recursive, dicom=dicom)
     return pair_diversity(len(src), lambda i: np.moveaxis(np.asarray(src.load(i)), -1, 0),
                           data_range=255.0, spatial_dims=2, pairs=pairs, seed=seed,
@@ -168,8 +170,8 @@ def volume_diversity(source: Any, protocol: str, *, maisi: Any = None,
     if protocol != VOLUME_3D:
         raise UsageError(f"unknown protocol {protocol!r}")
     if dims not in (None, 3):
-        raise UsageError("volume-3d measures whole volumes (--msssim-dims 3); for slices compare "
-                         "without a 3-D extractor")
+        raise UsageError("volume-3d measures whole volumes (msssim dims 3 / --msssim-dims 3); for "
+                         "slices compare without a 3-D extractor")
     from fidkit.dicom.volume import canonical
     from fidkit.extractors import get_extractor
     from fidkit.extractors.medicalnet import stretch

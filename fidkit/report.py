@@ -200,7 +200,8 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
     volume_protocol = resolve_protocol(protocol, options.get("features"))
     if volume_protocol is not None:
         if ci is not None or fid_inf or manifest is not None:
-            raise UsageError(f"--ci, --fid-inf and --manifest are not available with {volume_protocol}")
+            raise UsageError(f"ci=, fid_inf= and manifest= (--ci, --fid-inf, --manifest) are not "
+                             f"available with {volume_protocol}")
         return _finish(compare_volumes(generated, reference, protocol=volume_protocol,
                                        metrics=names, force=force, maisi=maisi,
                                        volume_shape=volume_shape, msssim=msssim, options=options))

@@ -71,10 +71,12 @@ def resolve_protocol(protocol: str | None, features: Any = None) -> str | None:
     volumetric = features is not None and is_volumetric(features)
     if name == MAISI and volumetric:
         raise UsageError(f"{features} takes whole volumes; maisi-2.5d feeds 2-D slices: give a 2-D "
-                         f"extractor (default {MAISI_DEFAULT_FEATURES}) or drop --protocol")
+                         f"extractor (default {MAISI_DEFAULT_FEATURES}) or drop protocol= "
+                         "(--protocol)")
     if name == VOLUME_3D and not volumetric:
-        raise UsageError(f"volume-3d needs a 3-D extractor (--features medicalnet-resnet10 or "
-                         f"medicalnet-resnet50), not {features or 'inception'}")
+        raise UsageError(f"volume-3d needs a 3-D extractor (features='medicalnet-resnet10' / "
+                         f"--features medicalnet-resnet10, or medicalnet-resnet50), not "
+                         f"{features or 'inception'}")
     return name
 
 
@@ -115,7 +117,8 @@ def open_volumes(path: Any, *, recursive: bool = False,
         source = VolumeSource([p], options, root=p, kind="dicom")
     if source is None:
         raise InputError(f"{p}: {protocol} reads volumes; give a .nii/.nii.gz file, a folder of "
-                         "them (--recursive for subfolders) or a folder of DICOM series, one per "
+                         "them (recursive=True / --recursive for subfolders) or a folder of DICOM "
+                         "series, one per "
                          "subfolder")
     return source
 
@@ -424,17 +427,18 @@ def _split(options: Mapping[str, Any], protocol: str) -> tuple[Pipeline, Runtime
     spacing = None
     dicom = options.get("dicom")
     if dicom is not None:
-        used = [name for name, value, default in (("--window", dicom.window, "file"),
-                                                  ("--axis", dicom.axis, "axial"),
-                                                  ("--slices", dicom.slices, "all"))
+        used = [name for name, value, default in (("window (--window)", dicom.window, "file"),
+                                                  ("axis (--axis)", dicom.axis, "axial"),
+                                                  ("slices (--slices)", dicom.slices, "all"))
                 if value != default]
         if protocol == MAISI:
-            raise UsageError("maisi-2.5d clips HU to [-1000, 1000] and cuts all three planes itself: "
-                             "--spacing/--window/--axis/--slices do not apply (use --maisi-spacing, "
-                             "--maisi-shape, --maisi-center-ratio)")
+            raise UsageError("maisi-2.5d clips HU to [-1000, 1000] and cuts all three planes "
+                             "itself: dicom= options (--spacing/--window/--axis/--slices) do not "
+                             "apply (use maisi=MaisiOptions(...): --maisi-spacing, --maisi-shape, "
+                             "--maisi-center-ratio)")
         if used:
             raise UsageError(f"volume-3d feeds the volumes' values to the network: {', '.join(used)} "
-                             "do not apply (--spacing does)")
+                             "do not apply (its spacing, --spacing, does)")
         spacing = dicom.spacing
     return pipeline, runtime, bool(options.get("recursive")), spacing
 
@@ -515,12 +519,14 @@ def compare_volumes(generated: Any, reference: Any, *, protocol: str,
     bad = [m for m in names if m not in ("fid", "msssim")]
     if bad:
         raise UsageError(f"{protocol} computes fid and msssim; {', '.join(bad)} "
-                         "are not defined for it (--metrics fid,msssim)")
+                         "are not defined for it (metrics= / --metrics fid,msssim)")
     pipeline, runtime, recursive, spacing = _split(options, protocol)
     if protocol == MAISI and volume_shape is not None:
-        raise UsageError("--volume-shape is volume-3d's input shape; maisi-2.5d's is --maisi-shape")
+        raise UsageError("volume_shape= (--volume-shape) is volume-3d's input shape; maisi-2.5d's "
+                         "is MaisiOptions(target_shape=...) (--maisi-shape)")
     if protocol == VOLUME_3D and maisi is not None:
-        raise UsageError("MAISI options (--maisi-shape, ...) apply to --protocol maisi-2.5d only")
+        raise UsageError("MAISI options (maisi= / --maisi-shape, ...) apply to "
+                         "protocol='maisi-2.5d' (--protocol maisi-2.5d) only")
     inputs = (_describe_side(generated), _describe_side(reference))
     report = Report(inputs=inputs)
     if "fid" in names:

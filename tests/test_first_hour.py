@@ -170,6 +170,25 @@ def test_library_errors_name_the_api_argument_and_the_flag(tmp_path, test_weight
     assert "\n" not in str(info.value)
 
 
+def test_volume_and_diversity_errors_name_the_argument_and_the_flag(tmp_path):
+    from fidkit.diversity import scale_weights
+    from fidkit.volumes import resolve_protocol
+
+    checks = [
+        (lambda: resolve_protocol("volume-3d", None), ("features='medicalnet-resnet10'",
+                                                       "--features medicalnet-resnet10")),
+        (lambda: resolve_protocol("maisi-2.5d", "medicalnet-resnet10"), ("protocol=",
+                                                                        "--protocol")),
+        (lambda: scale_weights(9), ("msssim={'scales'", "--msssim-scales")),
+        (lambda: fidkit.compare(tmp_path, tmp_path, protocol="maisi-2.5d", ci=0.95),
+         ("ci=", "--ci")),
+    ]
+    for call, names in checks:
+        with pytest.raises(UsageError) as info:
+            call()
+        assert all(name in str(info.value) for name in names), str(info.value)
+
+
 def test_the_cache_note_names_the_argument_and_the_flag(tmp_path, test_weights, capsys):
     folder = write_folder(tmp_path / "imgs", make_images(3, (16, 16), seed=2))
     options = dict(weights=test_weights, dims=64, workers=0)

@@ -392,8 +392,8 @@ class VolumeSource:
             except InputError:
                 if kind != "nifti":
                     raise
-                raise InputError(f"{e.path} stores no display range (cal_min/cal_max); pass a window, "
-                                 f"DicomOptions(window=...) or --window: a preset such as "
+                raise InputError(f"{e.path} stores no display range (cal_min/cal_max); pass a "
+                                 f"window, DicomOptions(window=...) or --window: a preset such as "
                                  f"'soft_tissue', a range like -1000,1000 or 40/400") from None
         self._items: list[_Item] = []
         self._counts: list[dict[str, int]] = []

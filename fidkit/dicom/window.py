@@ -88,9 +88,9 @@ def resolve_window(spec: str | tuple[float, float], file_window: tuple[float, fl
         if name == "file":
             if file_window is None:
                 raise InputError(
-                    f"{where} stores no WindowCenter/WindowWidth; pass a window, DicomOptions(window=...) "
-                    f"or --window: a preset such as 'soft_tissue', a range like -1000,1000 or "
-                    f"centre/width like 40/400"
+                    f"{where} stores no WindowCenter/WindowWidth; pass a window, "
+                    f"DicomOptions(window=...) or --window: a preset such as 'soft_tissue', a "
+                    f"range like -1000,1000 or centre/width like 40/400"
                 )
             return file_window
         if name not in WINDOW_PRESETS:
