@@ -5,7 +5,8 @@ statistics computed then, without importing torch or loading the network. The ca
 SHA-256 over everything the statistics depend on:
 
 * the folder's resolved path, ``recursive``, and its file list: relative path, size in bytes and
-  modification time in nanoseconds of every file read (for DICOM folders: every file below it);
+  modification time in nanoseconds of every file read (for DICOM folders and folders of NIfTI
+  volumes: every file below it);
 * ``dims``, the convention name, the SHA-256 of the weights file, the DICOM options,
   ``skip_bad``, and the fidkit version.
 
@@ -35,7 +36,7 @@ from fidkit.errors import FidkitError
 from fidkit.statistics import Statistics
 
 #: Bumped when the key's definition changes, so old entries are simply never matched.
-KEY_VERSION = 2  # 2: keyed by extractor
+KEY_VERSION = 3  # 2: keyed by extractor; 3: volume datasets (NIfTI, DICOM series folders)
 
 
 def stats_cache_dir() -> Path:
@@ -121,10 +122,20 @@ class CacheEntry:
                   "continuing without it", file=sys.stderr)
 
 
+def _is_volume_folder(folder: Path, recursive: bool) -> bool:
+    """Whether ``folder`` holds NIfTI volumes (:func:`fidkit.dicom.source.nifti_files`)."""
+    from fidkit.dicom.source import nifti_files
+
+    try:
+        return bool(nifti_files(folder, recursive=recursive))
+    except OSError:
+        return False
+
+
 def _fingerprint_or_none(folder: Path, fields: dict[str, Any]) -> list | None:
     try:
         files = folder_fingerprint(folder, recursive=fields["recursive"],
-                                   dicom=fields["kind"] == "dicom")
+                                   dicom=fields["kind"] in ("dicom", "volumes"))
     except (OSError, FidkitError):
         return None
     return [list(f) for f in files]
@@ -151,8 +162,10 @@ def entry_for(source: Any, pipeline: Any, *, recursive: bool, skip_bad: bool, di
     from fidkit.extractors.weights import resolve_weights
 
     kind = "dicom" if _is_dicom_folder(folder) else "folder"
+    if kind == "folder" and _is_volume_folder(folder, recursive):
+        kind = "volumes"  # NIfTI files: read with the DICOM options, every file fingerprinted
     dicom_meta = None
-    if kind == "dicom":
+    if kind in ("dicom", "volumes"):
         from fidkit.dicom.source import DicomOptions
 
         dicom_meta = (dicom if dicom is not None else DicomOptions()).to_meta()
