@@ -246,7 +246,7 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
             _compute(name, pair, report, extractor, pr_k=pr_k, dc_k=dc_k,
                      device=options.get("device"))
         if "fid" in members and resampled:
-            _sample_size(pair, report, ci, fid_inf)
+            _sample_size(pair, report, ci, fid_inf, bool(options.get("progress", True)))
     if diversity:
         _diversity(generated, report, options, msssim)
     return _finish(report)
@@ -473,14 +473,14 @@ def _unit_rows(features: Any) -> Any:
 
 
 def _sample_size(pair: tuple[_Side, _Side], report: Report, ci: float | None,
-                 fid_inf: bool) -> None:
+                 fid_inf: bool, progress: bool = True) -> None:
     from fidkit.distances.bootstrap import sample_size_report
 
     gen, ref = pair
     # The reference's features (when given as images) are resampled too; statistics stay fixed.
     result = sample_size_report(gen.features, ref.features if ref.features is not None
                                 else ref.statistics, ci=ci is not None, fid_inf=fid_inf,
-                                level=ci or 0.95)
+                                level=ci or 0.95, progress=progress)
     if result.interval is not None:
         report.values["fid_ci"] = result.interval.to_dict()
         report.described["fid_ci"] = {**report.described.get("fid", {}), "describes": "generated"}
