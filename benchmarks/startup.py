@@ -1,9 +1,12 @@
-"""Start-up and cache-hit latency: `fidkit --help` against `python -m pytorch_fid --help`, and a
-second `fidkit stats` on an unchanged folder against the first, in one run.
+"""Start-up and cache-hit latency, in one run: `fidkit --help` against `python -m pytorch_fid
+--help`; a second `fidkit stats` on an unchanged folder against the first; and `fidkit compare DIR
+STATS` with DIR's statistics cached (d = 2048, the whole command: start-up, cache check, load,
+Fréchet distance), idle and with one competing CPU-bound process.
 
     python benchmarks/startup.py --weights test.pth [--images 50]
 
-Prints best-of-N wall times and ratios. Makes its own folder of PNGs in a temporary directory.
+Prints best-of-N wall times and ratios. Makes its own folder of PNGs in a temporary directory;
+the reference is 3,000 random 2048-d feature rows (a full-rank covariance, as a real reference).
 """
 from __future__ import annotations
 
@@ -50,6 +53,44 @@ def main() -> None:
         after_touch = wall(stats, env, 1)
         print(f"stats on {args.images} images: first {first:.2f} s, unchanged folder {second:.2f} s "
               f"(ratio {first / second:.1f}x), after touching one file {after_touch:.2f} s")
+        compare_cached(py, env, folder, Path(tmp), args)
+
+
+def compare_cached(py: str, env: dict[str, str], folder: Path, tmp: Path, args) -> None:
+    """``fidkit compare DIR STATS`` with DIR cached, idle and beside one busy-looping process."""
+    import multiprocessing
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fidkit.statistics import Statistics
+
+    rows = np.random.default_rng(0).standard_normal((3000, 2048)) * 0.1
+    meta = __import__("fidkit").compute_statistics(folder, weights=args.weights, progress=False,
+                                                   cache=False).meta
+    ref = Statistics(rows.mean(0), np.cov(rows, rowvar=False), len(rows), dict(meta, n=len(rows)))
+    ref.save(str(tmp / "ref.pkl"))
+    cmd = [py, "-m", "fidkit", "compare", str(folder), str(tmp / "ref.pkl"), "--weights",
+           args.weights]
+    wall(cmd, env, 1)  # fills the cache
+    idle = wall(cmd, env, args.repeats)
+    stop = multiprocessing.Event()
+    hog = multiprocessing.Process(target=_spin, args=(stop,))
+    hog.start()
+    try:
+        loaded = wall(cmd, env, args.repeats)
+    finally:
+        stop.set()
+        hog.join()
+    print(f"compare DIR STATS (DIR cached, d=2048): idle {idle:.2f} s, one competing process "
+          f"{loaded:.2f} s")
+
+
+def _spin(stop) -> None:
+    x = 0
+    while not stop.is_set():
+        for _ in range(100000):
+            x += 1
 
 
 if __name__ == "__main__":
