@@ -65,11 +65,16 @@ def compute_statistics(
     features_file: str | os.PathLike | None = None,
     progress: bool = True,
     cache: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    chunk_size: int | None = None,
+    checkpoint_seconds: float = 600.0,
 ) -> Statistics:
     """Mean and covariance (float64) of the features of ``source``.
 
-    ``source``: a folder of images, a DICOM folder, a ``.npy``/``.npz`` image array, a uint8 numpy
-    array (N, H, W, 3) or torch tensor (N, 3, H, W), values 0..255.
+    ``source``: a folder of images, a DICOM folder, a ``.zip``/``.tar`` archive or a brace pattern
+    of them (``"shards/train-{000000..000127}.tar"``), a ``.npy``/``.npz`` image array, a uint8
+    numpy array (N, H, W, 3) or torch tensor (N, 3, H, W), values 0..255, or a
+    :class:`fidkit.sources.Source` (e.g. :func:`fidkit.sources.archives.open_file_list`).
     What decides the numbers (:class:`fidkit.extraction.Pipeline`): ``features``, the extractor
     (None: the FID Inception; ``fidkit features list``), ``dims`` its tap (None: its default;
     Inception: 64, 192, 768 or 2048 = pool_3), ``convention`` its preprocessing (None: its
@@ -83,6 +88,12 @@ def compute_statistics(
     stats file, which :func:`fidkit.compare` then uses for KID, precision/recall, density/coverage
     and CMMD).
     ``cache``: reuse (and store) the statistics of an unchanged folder (:mod:`fidkit.statistics.cache`).
+    ``checkpoint``: a folder where the run records its progress by chunks of ``chunk_size`` items
+    (None: 10,000 rounded up to whole batches), the chunk in progress every ``checkpoint_seconds``
+    and on SIGTERM/SIGUSR1 (then PreemptedError, exit code 75); calling again with the same
+    arguments resumes from it, with statistics bit-identical to an uninterrupted run (at any
+    world size). It is left in place: delete it (:func:`fidkit.statistics.checkpoint.remove_checkpoint`)
+    once the result is saved. Not with ``features_file``. See docs/big_runs.md.
     Under an initialised torch.distributed process group each rank runs its block of the source
     and every rank gets the statistics of the whole (:mod:`fidkit.distributed`).
     For per-image features (KID, precision/recall, bootstrap) use :func:`fidkit.extraction.extract`.
@@ -107,7 +118,9 @@ def compute_statistics(
             _warn_provenance(cached)
             return cached
     result = extract(source, pipeline, Runtime(device=device, batch_size=batch_size,
-                                               workers=workers, progress=progress),
+                                               workers=workers, progress=progress,
+                                               chunk_size=chunk_size, checkpoint=checkpoint,
+                                               checkpoint_seconds=checkpoint_seconds),
                      recursive=recursive, dicom=dicom, skip_bad=skip_bad, manifest=manifest,
                      features_file=features_file)
     if result.skipped:
