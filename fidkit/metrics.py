@@ -271,7 +271,8 @@ class _InceptionMetrics:
         factor_ref = cached_factor(ref) if ref is self._reference else covariance_factor(ref.sigma)
         result = frechet_from_moments(fake.mu, fake.sigma, ref.mu, ref.sigma, n_a=fake.n,
                                       n_b=ref.n, factor_a=covariance_factor(fake.sigma),
-                                      factor_b=factor_ref)
+                                      factor_b=factor_ref,
+                                      names=("the generated side", "the reference side"))
         said += lines + list(result.warnings) + _provenance_lines(fake, ref)
         return result.value
 

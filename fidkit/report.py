@@ -410,7 +410,8 @@ def _compute(name: str, pair: tuple[_Side, _Side], report: Report, extractor: st
     if name == "fid":
         from fidkit.distances.frechet import frechet
 
-        result = frechet(gen.statistics, ref.statistics)
+        result = frechet(gen.statistics, ref.statistics,
+                         names=("the generated side", "the reference side"))
         report.values["fid"] = result.value
         report.details = result.to_dict()
         for line in result.warnings:

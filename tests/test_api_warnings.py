@@ -103,7 +103,7 @@ def test_streaming_fid_warns_a_rank_deficient_reference(sides, test_weights):
     metric = _streaming(fidkit.FID, test_weights, reference=reference)
     metric.update(_tensor(sides["gen"]))
     _, lines = said(metric.compute)
-    assert has(lines, "covariance of side b has rank 3")
+    assert has(lines, "covariance of the reference side has rank 3")
 
 
 # -------------------------------------------------------------- forced provenance mismatches

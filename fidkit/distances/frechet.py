@@ -146,8 +146,10 @@ def frechet_from_moments(
     n_b: int | None = None,
     factor_a: CovarianceFactor | None = None,
     factor_b: CovarianceFactor | None = None,
+    names: tuple[str, str] = ("side a", "side b"),
 ) -> FrechetResult:
-    """Like :func:`frechet_distance`, returning a :class:`FrechetResult`.
+    """Like :func:`frechet_distance`, returning a :class:`FrechetResult`; ``names`` say which
+    side a warning is about (e.g. ``("the generated side", "the reference")``).
 
     ``n_a`` / ``n_b`` (sample counts) only feed the warnings. ``factor_a`` / ``factor_b``, from
     :func:`covariance_factor`, skip the decomposition of that side (a cached reference).
@@ -170,10 +172,11 @@ def frechet_from_moments(
         for name, f in (("a", fa), ("b", fb)):
             if f.rank and int(f.matrix.shape[0]) != d:
                 raise UsageError(f"cached factor of side {name} has {f.matrix.shape[0]} dims, expected {d}")
-        return _assemble(backend, m1, m2, fa, fb, d, n_a, n_b)
+        return _assemble(backend, m1, m2, fa, fb, d, n_a, n_b, names)
 
 
-def frechet(stats_a: "Statistics", stats_b: "Statistics", *, cache: bool = True) -> FrechetResult:
+def frechet(stats_a: "Statistics", stats_b: "Statistics", *, cache: bool = True,
+            names: tuple[str, str] = ("side a", "side b")) -> FrechetResult:
     """Frechet distance between two :class:`~fidkit.statistics.Statistics`, with diagnostics.
 
     Args:
@@ -200,12 +203,12 @@ def frechet(stats_a: "Statistics", stats_b: "Statistics", *, cache: bool = True)
         )
     fa = cached_factor(stats_a) if cache else covariance_factor(stats_a.sigma)
     fb = cached_factor(stats_b) if cache else covariance_factor(stats_b.sigma)
-    for side, stats, f in (("A", stats_a, fa), ("B", stats_b, fb)):
+    for side, stats, f in ((names[0], stats_a, fa), (names[1], stats_b, fb)):
         if f.negative > 0:
             _refuse_not_covariance(side, stats, f)
     return frechet_from_moments(
         stats_a.mu, stats_a.sigma, stats_b.mu, stats_b.sigma,
-        n_a=stats_a.n, n_b=stats_b.n, factor_a=fa, factor_b=fb,
+        n_a=stats_a.n, n_b=stats_b.n, factor_a=fa, factor_b=fb, names=names,
     )
 
 
@@ -216,7 +219,7 @@ def _refuse_not_covariance(side: str, stats: "Statistics", f: CovarianceFactor) 
     if isinstance(loaded, dict) and loaded.get("file"):
         raise StatsFileError(f"{loaded['file']}: {what}; recompute the statistics "
                              "(fidkit info shows its eigenvalues)")
-    raise UsageError(f"statistics of side {side}: {what}")
+    raise UsageError(f"statistics of {side}: {what}")
 
 
 def covariance_factor(sigma: Any) -> CovarianceFactor:
@@ -273,28 +276,29 @@ def _forget(key: int) -> None:
 
 
 def _assemble(backend: "_Backend", m1: Any, m2: Any, fa: CovarianceFactor, fb: CovarianceFactor,
-              d: int, n_a: int | None, n_b: int | None) -> FrechetResult:
+              d: int, n_a: int | None, n_b: int | None,
+              names: tuple[str, str] = ("side a", "side b")) -> FrechetResult:
     warnings: list[str] = []
     diff = m1 - m2
     mean_term = backend.scalar((diff * diff).sum())
     finite = fa.finite and fb.finite and math.isfinite(mean_term)
-    for side, n, f in (("a", n_a, fa), ("b", n_b, fb)):
+    for side, n, f in ((names[0], n_a, fa), (names[1], n_b, fb)):
         if not f.finite:
-            warnings.append(f"covariance of side {side} holds NaN or inf; FID is undefined (NaN)")
+            warnings.append(f"covariance of {side} holds NaN or inf; FID is undefined (NaN)")
         if f.negative > 0:
             warnings.append(
-                f"covariance of side {side} has a negative eigenvalue of about -{f.negative:.3g}, "
+                f"covariance of {side} has a negative eigenvalue of about -{f.negative:.3g}, "
                 "beyond rounding: it is not a covariance; that direction was dropped"
             )
         if n is not None and 0 < n <= d:
             warnings.append(
-                f"side {side} has n = {n} samples for d = {d} dims: its covariance is singular "
+                f"{side} has n = {n} samples for d = {d} dims: its covariance is singular "
                 f"(rank <= {n - 1}) and FID is biased upward at this n; use more samples or "
                 "report FID-infinity (see docs/sample_size.md)"
             )
         elif not n and f.finite and f.rank < d:
             warnings.append(
-                f"covariance of side {side} has rank {f.rank} < d = {d} (n not recorded): it was "
+                f"covariance of {side} has rank {f.rank} < d = {d} (n not recorded): it was "
                 f"made from about {f.rank + 1} samples or has constant features, and FID is biased "
                 "upward; use more samples (see docs/sample_size.md)"
             )

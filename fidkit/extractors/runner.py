@@ -375,9 +375,9 @@ def iter_features(
 
     ``workers``: decoding threads, or on CUDA (resize on the card) decoding processes (None:
     :func:`default_workers`; 0 decodes in the caller's thread between batches).
-    ``optimized``: which network runs, as :func:`network_path` reads it (None: ``"blocked"`` on
-    the CPU, ``model`` itself on CUDA; False: ``model`` itself, the reference the tests compare
-    against; ``"folded"``: the folded copy).
+    ``network``: which copy runs (:func:`network_path`: None/"auto" is the blocked copy of the
+    FID Inception on a CPU with oneDNN, else ``model`` itself; "reference" is ``model`` itself,
+    the copy the tests compare against).
     Raises :class:`BadImageError` for an unreadable item unless ``skip_bad``; UsageError for a
     batch size under 1 or a negative worker count."""
     device = next(model.parameters()).device
