@@ -194,7 +194,7 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
     inputs = (_describe_side(generated), _describe_side(reference))
     for side, value in zip(SIDES, (generated, reference)):  # both, before minutes on either
         if isinstance(value, (str, os.PathLike)) and not os.path.exists(value):
-            raise InputError(f"{value} does not exist; check the path ({side} side)")
+            _check_pattern(value, side)
     from fidkit.volumes import compare_volumes, resolve_protocol
 
     volume_protocol = resolve_protocol(protocol, options.get("features"))
@@ -330,6 +330,23 @@ def _options_for(extractor: str, options: Mapping[str, Any],
             out["convention"] = own[0]
     out["features"] = extractor
     return out
+
+
+def _check_pattern(value: str | os.PathLike, side: str) -> None:
+    """A side that is no existing path may still be a brace pattern of archives
+    (``shards/train-{000000..000127}.tar``): raise InputError unless every path it names exists."""
+    text = os.fspath(value)
+    paths: list[str] = []
+    if isinstance(text, str) and "{" in text:
+        from fidkit.sources.archives import expand_braces
+
+        paths = expand_braces(text)
+    missing = [p for p in paths if not os.path.exists(p)]
+    if len(paths) < 2:
+        raise InputError(f"{value} does not exist; check the path ({side} side)")
+    if missing:
+        raise InputError(f"{missing[0]} does not exist ({len(missing)} of the {len(paths)} paths "
+                         f"of {value}); check the path or the pattern ({side} side)")
 
 
 def _kept_features(side: Any) -> Any:
