@@ -271,7 +271,7 @@ def test_a_sigma_that_is_not_psd_is_refused_by_the_distance():
     bad = Statistics(np.zeros(d), sigma, 100, {"loaded_from": {"file": "bad.npz"}})
     with pytest.raises(StatsFileError, match=r"^bad.npz: sigma is not positive semi-definite.*-3.000e-01"):
         frechet(bad, good)
-    with pytest.raises(UsageError, match="side B"):
+    with pytest.raises(UsageError, match="side b"):
         frechet(good, Statistics(np.zeros(d), sigma, 100), cache=False)
 
 
