@@ -368,3 +368,47 @@ def test_a_run_that_ends_before_any_write_leaves_no_folder(tmp_path):
     assert not (tmp_path / "ck").exists()  # nothing written: one chunk, no signal
     assert np.array_equal(got.accumulator.m2, plain.accumulator.m2)
     checkpoint.remove()  # a no-op
+
+
+def test_features_on_a_card_accumulate_there_and_resume_bit_for_bit(tmp_path, monkeypatch):
+    """The card path (batch moments formed where the features are, a resumed partial state moved
+    there first), exercised here with CPU torch tensors standing in for CUDA ones: interrupted
+    and resumed equals uninterrupted bit for bit, and both equal the host path to rounding."""
+    import torch
+
+    from fidkit.errors import PreemptedError
+    from fidkit.statistics import checkpoint as ck
+
+    images = np.random.default_rng(12).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    source = _Array(images)
+    plan = ChunkPlan.make(20, 4, 8)
+
+    def torch_batches(sub, batch_size):
+        for batch in fake_batches()(sub, batch_size):
+            yield ck.Batch(batch.positions, torch.from_numpy(batch.features), batch.skipped)
+
+    host = accumulate_chunked(source, fake_batches(), plan, DIMS).accumulator
+    monkeypatch.setattr(ck, "_on_device", lambda features: isinstance(features, torch.Tensor))
+    whole = accumulate_chunked(source, torch_batches, plan, DIMS).accumulator
+    folder = tmp_path / "ck"
+    calls = []
+
+    def stop_in_the_second_chunk(sub, batch_size):
+        for batch in torch_batches(sub, batch_size):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    with pytest.raises(PreemptedError):
+        accumulate_chunked(source, stop_in_the_second_chunk, plan, DIMS, checkpoint_seconds=1e9,
+                           checkpoint=open_checkpoint(folder, _identity(source), plan, DIMS))
+    assert (folder / "chunk-00000001.partial.npz").exists()
+    resumed = accumulate_chunked(source, torch_batches, plan, DIMS,
+                                 checkpoint=open_checkpoint(folder, _identity(source), plan, DIMS))
+    assert resumed.resumed == 1
+    n, mean, m2 = resumed.accumulator.state()
+    assert n == whole.n == 20
+    assert np.array_equal(np.asarray(mean), np.asarray(whole.state()[1]))
+    assert np.array_equal(np.asarray(m2), np.asarray(whole.state()[2]))
+    assert np.abs(np.asarray(m2) - host.m2).max() <= 1e-12 * np.abs(host.m2).max()

@@ -630,7 +630,7 @@ def _run_chunk(source: Any, batches: FeatureBatches, plan: ChunkPlan, dims: int,
     consumed = 0  # items of the slice [offset, end) behind us, at a batch boundary
     for batch in batches(_Slice(source, offset, end), plan.batch_size):
         if batch.positions and batch.features is not None:
-            state.accumulator.update(_host64(batch.features))
+            _update(state, batch.features)
         for position, item, reason in batch.skipped:
             state.skipped.append([offset + int(position), item, reason])
         seen = [*batch.positions, *(p for p, _, _ in batch.skipped)]
@@ -652,7 +652,33 @@ def _run_chunk(source: Any, batches: FeatureBatches, plan: ChunkPlan, dims: int,
     if progress is not None and end - offset > consumed:
         progress(end - offset - consumed)
     state.items_done = end - start
+    state.accumulator.state()  # a NaN batch still waiting on a card is raised here, in the chunk
     return state
+
+
+def _on_device(features: Any) -> bool:
+    return not isinstance(features, np.ndarray) and getattr(features, "is_cuda", False)
+
+
+def _update(state: ChunkState, features: Any) -> None:
+    """Fold a batch of features into a chunk's state, the same way in every run of the same
+    device type. Features on the host: float64 numpy on the host (torch's and numpy's reductions
+    do not sum in the same order, so one of them is used always). Features on a card: the batch
+    moments are formed there, so that the host neither waits for the card after every batch nor
+    runs a (d, d) product per batch; a state read back from a checkpoint moves there first
+    (float64 both ways: exact). Chunks are folded together on the host either way (:func:`fold`)."""
+    if not _on_device(features):
+        state.accumulator.update(_host64(features))
+        return
+    held = state.accumulator
+    if isinstance(held.mean, np.ndarray):  # resumed from a partial chunk file
+        import torch
+
+        n, mean, m2 = held.state()
+        state.accumulator = StatisticsAccumulator.from_state(
+            n, torch.as_tensor(mean, device=features.device),
+            torch.as_tensor(m2, device=features.device))
+    state.accumulator.update(features)
 
 
 def _host64(features: Any) -> np.ndarray:
