@@ -117,6 +117,17 @@ def compute_statistics(
             warn_source(source, cached.meta.get("source") or {})
             _warn_provenance(cached)
             return cached
+    from fidkit.extractors import get_extractor
+
+    if get_extractor(pipeline.features).options.get("volumetric"):
+        # A 3-D network: one feature vector per volume (fidkit.volumes, the volume-3d protocol)
+        from fidkit.volumes import volume_statistics
+
+        stats = volume_statistics(source, pipeline, Runtime(device=device, batch_size=batch_size,
+                                                            workers=workers, progress=progress),
+                                  recursive=recursive)
+        _warn_provenance(stats)
+        return stats
     result = extract(source, pipeline, Runtime(device=device, batch_size=batch_size,
                                                workers=workers, progress=progress,
                                                chunk_size=chunk_size, checkpoint=checkpoint,

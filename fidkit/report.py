@@ -238,9 +238,19 @@ def compare(generated: Any, reference: Any, *, metrics: str | Sequence[str] = ("
     report = Report(inputs=inputs)
     groups = _group_by_extractor(names, options.get("features"), resampled)
     for extractor, members in groups.items():
-        pair = _side_pair(generated, reference, extractor, members, stats_side, kept, resampled,
-                          options, manifest if not report.statistics else None, cache)
+        # What the library warns while making the sides is said with the report, after the
+        # check below: a refused comparison is one line, not a warning then the refusal.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FidkitWarning)
+            pair = _side_pair(generated, reference, extractor, members, stats_side, kept,
+                              resampled, options, manifest if not report.statistics else None,
+                              cache)
         _check(pair, force, inputs, report)
+        for item in caught:
+            if issubclass(item.category, FidkitWarning):
+                report.warn(str(item.message))
+            else:
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
         report.statistics[extractor] = (pair[0].statistics, pair[1].statistics)
         for name in members:
             _compute(name, pair, report, extractor, pr_k=pr_k, dc_k=dc_k,

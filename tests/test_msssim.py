@@ -88,3 +88,16 @@ def test_identical_images_score_one_and_pairs_are_seeded():
 def test_bad_arguments(call):
     with pytest.raises(UsageError):
         call()
+
+
+def test_uint8_hwc_images_are_read_as_channels_last():
+    """Decoded images (N, H, W, 3) give the MS-SSIM of their (N, 3, H, W) transpose."""
+    import numpy as np
+
+    from fidkit.distances.msssim import msssim_diversity
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(4, 180, 184, 3), dtype=np.uint8)
+    hwc = msssim_diversity(images, pairs=3, seed=1)
+    chw = msssim_diversity(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), pairs=3, seed=1)
+    assert np.allclose(hwc.values, chw.values, rtol=0, atol=1e-12)

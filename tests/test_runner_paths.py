@@ -153,3 +153,32 @@ def test_decode_only_threads_give_the_same_statistics_and_skip_bad_files(test_we
     assert sum(calls) == 10 and np.array_equal(in_processes.features, threads.features)
     with pytest.raises(BadImageError, match="img_00003_x.png"):
         run(skip_bad=False)
+
+
+def test_inputs_of_several_sizes_run_in_groups_in_order(tmp_path):
+    """A convention that does not resize (a user's module taking any size) gets batches of mixed
+    sizes: each size runs as its own group and the features come back in the source's order,
+    equal to one image at a time through the module itself."""
+    import fidkit
+    from fidkit.extractors.custom import register_extractor
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    register_extractor("test-any-size", net, input_size=None, replace=True)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    from PIL import Image
+
+    images = [make_images(1, size, seed=k)[0] for k, size in
+              enumerate([(32, 32), (40, 24), (32, 32), (40, 24), (16, 48)])]
+    for k, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"img_{k}.png")
+    got = fidkit.extract_features(folder, features="test-any-size", batch_size=5, workers=0,
+                                  progress=False).features
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = [net((torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - mean) / std)
+                    for img in images]
+    assert np.allclose(got, torch.cat(expected).numpy(), rtol=0, atol=1e-6)

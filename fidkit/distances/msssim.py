@@ -218,11 +218,11 @@ def msssim_diversity(samples: Any, *, pairs: int = 1000, seed: int = 0, data_ran
             raise UsageError(f"give data_range for {array.dtype} samples (e.g. 1.0 for 0..1, 2000 for HU "
                              f"-1000..1000); it is inferred (255) only for uint8")
         data_range = 255.0
-    if array.ndim == spatial_dims + 1:
-        if spatial_dims == 2 and array.shape[-1] == 3 and array.shape[1] != 3 and array.dtype == np.uint8:
-            array = np.moveaxis(array, -1, 1)
-        else:
-            array = array[:, None]
+    if (spatial_dims == 2 and array.ndim == 4 and array.shape[-1] == 3 and array.shape[1] != 3
+            and array.dtype == np.uint8):
+        array = np.moveaxis(array, -1, 1)  # decoded images (N, H, W, 3) -> (N, 3, H, W)
+    elif array.ndim == spatial_dims + 1:
+        array = array[:, None]
     if array.ndim != spatial_dims + 2:
         raise UsageError(f"MS-SSIM diversity of {spatial_dims}-D samples needs an array (N, [C,] "
                          f"{'H, W' if spatial_dims == 2 else 'D, H, W'}), got shape {array.shape}")

@@ -237,8 +237,9 @@ class _Prepared:
 
 
 def _collate(items):
-    """(indices, batch, errors) of one batch. ``batch`` is a stacked float tensor, or for raw
-    items a list of (positions, stacked (k, H, W, 3) tensor) groups of equal-size images."""
+    """(indices, batch, errors) of one batch. ``batch`` is a stacked float tensor; for raw items,
+    or prepared inputs of different sizes (a convention that does not resize), a list of
+    (positions, stacked tensor) groups of equal size."""
     indices = [i for i, x, _ in items if x is not None]
     tensors = [x for _, x, _ in items if x is not None]
     errors = [(i, e) for i, x, e in items if x is None]
@@ -250,9 +251,29 @@ def _collate(items):
             groups.setdefault((image.shape, image.dtype.str), []).append(position)
         batch = [(positions, torch.from_numpy(np.stack([tensors[p] for p in positions])))
                  for positions in groups.values()]
-    else:
+    elif all(t.shape == tensors[0].shape for t in tensors):
         batch = torch.stack(tensors)
+    else:
+        sized: dict[tuple, list[int]] = {}
+        for position, x in enumerate(tensors):
+            sized.setdefault(tuple(x.shape), []).append(position)
+        batch = [(positions, torch.stack([tensors[p] for p in positions]))
+                 for positions in sized.values()]
     return indices, batch, errors
+
+
+def _run_groups(runnable: Any, groups: list[tuple[list[int], torch.Tensor]],
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """The network over groups of equal-size inputs, outputs put back in the batch's order."""
+    count = sum(len(positions) for positions, _ in groups)
+    out: dict[str, torch.Tensor] = {}
+    for positions, x in groups:
+        part = runnable(x.to(device, non_blocking=True).contiguous())
+        for name, value in part.items():
+            if name not in out:
+                out[name] = value.new_empty((count,) + tuple(value.shape[1:]))
+            out[name][torch.tensor(positions, device=value.device)] = value
+    return out
 
 
 def _resize_on_device(device: torch.device, convention: Convention) -> bool:
@@ -419,6 +440,11 @@ def iter_features(
                         report.used.extend(indices)
                     if on_card:
                         batch = _device_batch(batch, convention, device)
+                    elif isinstance(batch, list):  # inputs of several sizes
+                        yield _run_groups(runnable, batch, device)
+                        if bar is not None:
+                            bar.update(len(indices) + len(errors))
+                        continue
                     else:
                         if pin:
                             batch = batch.pin_memory()
