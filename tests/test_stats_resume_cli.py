@@ -308,3 +308,22 @@ def test_stopped_then_resumed_by_torchrun_at_world_size_three(inputs, uninterrup
     assert _rel(got.mu, want.mu) <= 1e-12 and _rel(got.sigma, want.sigma) <= 1e-12
     assert _same(got, want)
     assert not folder.exists()
+
+
+def test_compare_takes_archives_and_patterns_as_sides(inputs, test_weights, tmp_path):
+    """The same images as a zip and as tar shards: FID 0 (to rounding); a pattern naming a
+    missing shard is refused before anything is computed, naming it."""
+    run = subprocess.run([sys.executable, "-m", "fidkit", "compare", inputs["zip"], inputs["tar"],
+                          "--json", "--dims", str(DIMS), "--weights", str(test_weights),
+                          "--device", "cpu", "--workers", "0", "--network", "reference"],
+                         capture_output=True, text=True,
+                         env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    import json
+
+    assert abs(json.loads(run.stdout)["fid"]) <= 1e-6
+    missing = inputs["tar"].replace("{00..02}", "{00..04}")
+    run = subprocess.run([sys.executable, "-m", "fidkit", "compare", inputs["zip"], missing],
+                         capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 2 and "shard-03.tar does not exist (2 of the 5 paths" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
