@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+#: ImageNet channel statistics on the 0..1 scale (torchvision's), which the ImageNet-trained
+#: extractors normalise with (torch-fidelity's VGG16 multiplies them by 255).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class WeightsFile:
     """A published weights file: where to fetch it and how to recognise the real bytes.

@@ -25,14 +25,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fidkit.extractors import register
-from fidkit.extractors.base import Convention, Extractor, WeightsFile
+from fidkit.extractors.base import IMAGENET_MEAN, IMAGENET_STD, Convention, Extractor, WeightsFile
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: ImageNet channel statistics on the 0..1 scale (torchvision's), used by both conventions.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Side of the square input of the default convention (StudioGAN's ``res`` for SwAV_torch).
 INPUT_SIZE = 224
 
@@ -164,15 +161,9 @@ class SwAVExtractor(Extractor):
         return load_resnet50(model, state, swav_key, source="the SwAV weights", fix=_FIX)
 
     def make_test_weights(self, path: Any, seed: int = 0) -> None:
-        import torch
+        from fidkit.extractors.networks.torch_files import write_tensor_dict
 
-        from fidkit.fileio import atomic_writer
-
-        state = make_test_state(seed)
-        with atomic_writer(path) as handle:
-            # torch's zip container: same seed, same bytes (the legacy container the published
-            # file may use names storages by memory address). read_weights reads both.
-            torch.save(state, handle)
+        write_tensor_dict(path, make_test_state(seed))
 
 
 def make_test_state(seed: int = 0, calibration_images: int = 8) -> dict:

@@ -18,14 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fidkit.extractors import register
-from fidkit.extractors.base import Convention, Extractor, WeightsFile
+from fidkit.extractors.base import IMAGENET_MEAN, IMAGENET_STD, Convention, Extractor, WeightsFile
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: ImageNet channel statistics on the 0..1 scale; torch-fidelity multiplies them by 255.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: torch-fidelity's ``FeatureExtractorVGG16.INPUT_IMAGE_SIZE``.
 INPUT_SIZE = 224
 
@@ -90,15 +87,9 @@ class VGG16Extractor(Extractor):
         return load_vgg16(VGG16(outputs=outputs), state, source="the VGG-16 weights", fix=_FIX)
 
     def make_test_weights(self, path: Any, seed: int = 0) -> None:
-        import torch
+        from fidkit.extractors.networks.torch_files import write_tensor_dict
 
-        from fidkit.fileio import atomic_writer
-
-        state = make_test_state(seed)
-        with atomic_writer(path) as handle:
-            # torch's zip container: same seed, same bytes (the legacy container of the published
-            # file names storages by memory address). read_weights reads both.
-            torch.save(state, handle)
+        write_tensor_dict(path, make_test_state(seed))
 
 
 def make_test_state(seed: int = 0, calibration_images: int = 6, calibration_size: int = 112) -> dict:

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fidkit.errors import UsageError
-from fidkit.extractors.networks.torch_files import Rename, load_renamed
+from fidkit.extractors.networks.torch_files import Rename, check_outputs, load_renamed
 
 #: Every output the network can give: the global average of layer4, (N, 2048).
 OUTPUTS: tuple[str, ...] = ("avgpool",)
@@ -73,7 +72,7 @@ class ResNet50(nn.Module):
                  conv_bias: bool = False, bn_eps: float = 1e-5,
                  outputs: Iterable[str] = ("avgpool",)) -> None:
         super().__init__()
-        self.outputs = _check_outputs(outputs)
+        self.outputs = check_outputs(outputs, OUTPUTS, network="ResNet-50")
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(64, eps=bn_eps)
         cin = 64
@@ -113,11 +112,3 @@ def load_resnet50(model: ResNet50, state: dict[str, torch.Tensor], rename: Renam
     load_renamed(model, state, rename, source=source, network="ResNet-50", fix=fix)
     return model
 
-
-def _check_outputs(outputs: Iterable[str]) -> tuple[str, ...]:
-    result = tuple(str(o) for o in outputs)
-    unknown = [o for o in result if o not in OUTPUTS]
-    if unknown or not result:
-        raise UsageError(f"unknown ResNet-50 output {unknown[0] if unknown else None!r}; choose "
-                         f"from {', '.join(OUTPUTS)}")
-    return result

@@ -5,19 +5,21 @@ Shared by the registry entries whose files are plain PyTorch pickles (SwAV, VGG1
 * :func:`read_tensor_dict` opens the file with ``torch.load(weights_only=True)``, whose unpickler
   only rebuilds tensors and plain containers, so a weights file cannot run code. It handles both
   the zip container (torch >= 1.6) and the legacy one that files published before mid-2020 use.
+* :func:`write_tensor_dict` writes test weights atomically in torch's zip container.
 * :func:`load_renamed` maps the file's keys to the network's (dropping the ones the features do not
   use, such as a training head) and refuses any missing, unexpected or mis-shaped tensor with a
   one-line :class:`~fidkit.errors.WeightsError` that names the file and the fix.
+* :func:`check_outputs` validates the output names a network built from such a file is asked for.
 """
 from __future__ import annotations
 
 import pickle
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from fidkit.errors import WeightsError
+from fidkit.errors import UsageError, WeightsError
 
 #: Maps a key of the file to the network's key, or None to drop it.
 Rename = Callable[[str], "str | None"]
@@ -45,6 +47,16 @@ def read_tensor_dict(path: object, *, network: str, fix: str) -> dict[str, torch
         raise WeightsError(f"{path} does not hold a {network} state dict (entry {bad[0]!r} is not "
                            f"a named tensor); {fix}")
     return state
+
+
+def write_tensor_dict(path: object, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically with ``torch.save``. The zip container gives the same
+    bytes for the same tensors (the legacy container that published files may use names storages
+    by memory address); :func:`read_tensor_dict` reads both."""
+    from fidkit.fileio import atomic_writer
+
+    with atomic_writer(path) as handle:
+        torch.save(state, handle)
 
 
 def load_renamed(module: nn.Module, state: dict[str, torch.Tensor], rename: Rename, *,
@@ -79,3 +91,15 @@ def load_renamed(module: nn.Module, state: dict[str, torch.Tensor], rename: Rena
                                f"{tuple(own[key].shape)}; the file is not a {network} state "
                                f"dict; {fix}")
     module.load_state_dict(mapped, strict=False)
+
+
+def check_outputs(outputs: Iterable[str], known: tuple[str, ...], *,
+                  network: str) -> tuple[str, ...]:
+    """``outputs`` as a tuple of names, each one of ``known``; raises UsageError naming
+    ``network`` for an unknown name or for no name at all."""
+    result = tuple(str(o) for o in outputs)
+    unknown = [o for o in result if o not in known]
+    if unknown or not result:
+        raise UsageError(f"unknown {network} output {unknown[0] if unknown else None!r}; choose "
+                         f"from {', '.join(known)}")
+    return result

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fidkit.errors import UsageError
-from fidkit.extractors.networks.torch_files import Rename, load_renamed
+from fidkit.extractors.networks.torch_files import Rename, check_outputs, load_renamed
 
 #: Every output the network can give.
 OUTPUTS: tuple[str, ...] = ("fc2", "fc2_relu")
@@ -34,7 +33,7 @@ class VGG16(nn.Module):
 
     def __init__(self, outputs: Iterable[str] = ("fc2_relu",)) -> None:
         super().__init__()
-        self.outputs = _check_outputs(outputs)
+        self.outputs = check_outputs(outputs, OUTPUTS, network="VGG-16")
         layers: list[nn.Module] = []
         cin = 3
         for item in VGG16_LAYOUT:
@@ -82,11 +81,3 @@ def load_vgg16(model: VGG16, state: dict[str, torch.Tensor], rename: Rename = to
     load_renamed(model, state, rename, source=source, network="VGG-16", fix=fix)
     return model
 
-
-def _check_outputs(outputs: Iterable[str]) -> tuple[str, ...]:
-    result = tuple(str(o) for o in outputs)
-    unknown = [o for o in result if o not in OUTPUTS]
-    if unknown or not result:
-        raise UsageError(f"unknown VGG-16 output {unknown[0] if unknown else None!r}; choose from "
-                         f"{', '.join(OUTPUTS)}")
-    return result
