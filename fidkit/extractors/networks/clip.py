@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from fidkit.errors import UsageError, WeightsError
+from fidkit.extractors.networks.torch_files import key_mismatch
 
 #: Names of every output the network can give.
 OUTPUTS: tuple[str, ...] = ("embedding", "embedding_normalized")
@@ -177,16 +178,10 @@ class CLIPImageEncoder(nn.Module):
                                f"checkpoint; {fix}")
         if "visual.proj" not in visual:
             raise WeightsError(f"{source} is a CLIP ResNet (no visual.proj), not a ViT; {fix}")
-        missing = sorted(set(own) - set(visual))
-        unexpected = sorted(set(visual) - set(own))
-        if missing or unexpected:
-            what = []
-            if missing:
-                what.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-            if unexpected:
-                what.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        what = key_mismatch(set(own) - set(visual), set(visual) - set(own))
+        if what:
             raise WeightsError(f"{source} is not the CLIP {describe(self.config)} image tower: "
-                               f"{', '.join(what)}; {fix}")
+                               f"{what}; {fix}")
         for key, tensor in visual.items():
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(own[key].shape):
                 shape = tuple(getattr(tensor, "shape", ()))

@@ -23,6 +23,7 @@ from torch import nn
 
 from fidkit.defaults import LOGITS_DIM, TAP_DIMS
 from fidkit.errors import UsageError, WeightsError
+from fidkit.extractors.networks.torch_files import key_mismatch
 
 #: Names of every output the network can give.
 OUTPUTS: tuple[str, ...] = ("64", "192", "768", "2048", "logits", "logits_unbiased")
@@ -264,16 +265,10 @@ class FIDInceptionV3(nn.Module):
         own = {k: v for k, v in self.state_dict().items() if not k.endswith("num_batches_tracked")}
         # The canonical file predates BatchNorm's num_batches_tracked; torch fills it in.
         state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-        missing = sorted(set(own) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(own))
-        if missing or unexpected:
-            what = []
-            if missing:
-                what.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-            if unexpected:
-                what.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        what = key_mismatch(set(own) - set(state_dict), set(state_dict) - set(own))
+        if what:
             raise WeightsError(
-                f"{source} is not an FID Inception v3 state dict: {', '.join(what)}; use the "
+                f"{source} is not an FID Inception v3 state dict: {what}; use the "
                 "canonical pt_inception-2015-12-05-6726825d.pth file"
             )
         for key, tensor in state_dict.items():

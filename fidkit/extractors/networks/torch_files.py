@@ -9,6 +9,7 @@ Shared by the registry entries whose files are plain PyTorch pickles (SwAV, VGG1
 * :func:`load_renamed` maps the file's keys to the network's (dropping the ones the features do not
   use, such as a training head) and refuses any missing, unexpected or mis-shaped tensor with a
   one-line :class:`~fidkit.errors.WeightsError` that names the file and the fix.
+* :func:`key_mismatch` says which keys a state dict lacks or has too many of, for such messages.
 * :func:`check_outputs` validates the output names a network built from such a file is asked for.
 """
 from __future__ import annotations
@@ -59,6 +60,17 @@ def write_tensor_dict(path: object, state: dict) -> None:
         torch.save(state, handle)
 
 
+def key_mismatch(missing: Iterable[str], unexpected: Iterable[str]) -> str:
+    """What a state dict lacks and has too many of, for an error message: e.g. ``"2 missing keys
+    (e.g. fc.bias), 1 unexpected keys (e.g. head.weight)"`` (the first key of each in sorted
+    order); ``""`` when both are empty."""
+    what = []
+    for keys, kind in ((sorted(missing), "missing"), (sorted(unexpected), "unexpected")):
+        if keys:
+            what.append(f"{len(keys)} {kind} keys (e.g. {keys[0]})")
+    return ", ".join(what)
+
+
 def load_renamed(module: nn.Module, state: dict[str, torch.Tensor], rename: Rename, *,
                  source: str, network: str, fix: str) -> None:
     """Load ``state`` into ``module`` after renaming its keys with ``rename`` (None drops a key).
@@ -77,14 +89,9 @@ def load_renamed(module: nn.Module, state: dict[str, torch.Tensor], rename: Rena
             unexpected.append(key)
             continue
         mapped[target] = tensor
-    missing = sorted(set(own) - set(mapped))
-    if missing or unexpected:
-        what = []
-        if missing:
-            what.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            what.append(f"{len(unexpected)} unexpected keys (e.g. {sorted(unexpected)[0]})")
-        raise WeightsError(f"{source} is not a {network} state dict: {', '.join(what)}; {fix}")
+    what = key_mismatch(set(own) - set(mapped), unexpected)
+    if what:
+        raise WeightsError(f"{source} is not a {network} state dict: {what}; {fix}")
     for key, tensor in mapped.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
             raise WeightsError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected "
