@@ -153,17 +153,14 @@ def gather_rows(rows: Any, width: int, dtype: Any = None) -> Any:
     return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(home)
 
 
-class ShardedSource:
-    """Rank ``rank``'s contiguous block ``[rank N // W, (rank + 1) N // W)`` of a source.
+class SourceSlice:
+    """Items ``[start, stop)`` of a source, indexed from 0; ``item_name`` names the original item
+    and ``describe()`` is the whole source's (the statistics describe what was measured, not who
+    measured which part). Any other attribute is the source's: DICOM sources carry their options
+    (spacing, window) for the provenance."""
 
-    ``describe()`` is the whole source's (the statistics describe what was measured, not who
-    measured which part); ``item_name`` names the original item."""
-
-    def __init__(self, source: Any, rank_: int, world: int) -> None:
-        n = len(source)
-        self.source = source
-        self.start = rank_ * n // world
-        self.stop = (rank_ + 1) * n // world
+    def __init__(self, source: Any, start: int, stop: int) -> None:
+        self.source, self.start, self.stop = source, start, stop
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -178,10 +175,17 @@ class ShardedSource:
         return self.source.describe()
 
     def __getattr__(self, name: str) -> Any:
-        # DICOM sources carry their options (spacing, window) for the provenance.
-        if name == "source":
+        if name == "source":  # not set yet (unpickling): no recursion through self.source
             raise AttributeError(name)
         return getattr(self.source, name)
+
+
+class ShardedSource(SourceSlice):
+    """Rank ``rank``'s contiguous block ``[rank N // W, (rank + 1) N // W)`` of a source."""
+
+    def __init__(self, source: Any, rank_: int, world: int) -> None:
+        n = len(source)
+        super().__init__(source, rank_ * n // world, (rank_ + 1) * n // world)
 
 
 def shard(source: Any) -> Any:

@@ -447,30 +447,6 @@ class Batch:
 FeatureBatches = Callable[[Any, int], Iterator[Batch]]
 
 
-class _Slice:
-    """Items [start, stop) of a source (the same item names and description)."""
-
-    def __init__(self, source: Any, start: int, stop: int) -> None:
-        self.source, self.start, self.stop = source, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def load(self, index: int) -> np.ndarray:
-        return self.source.load(self.start + index)
-
-    def item_name(self, index: int) -> str:
-        return self.source.item_name(self.start + index)
-
-    def describe(self) -> dict[str, Any]:
-        return self.source.describe()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "source":
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
-
 @dataclass
 class ChunkedResult:
     """The fold of every chunk's accumulator in chunk order, the skipped items ``[index, item,
@@ -619,6 +595,8 @@ def _local_done(checkpoint: Checkpoint | None, rank: int) -> set[int]:
 def _run_chunk(source: Any, batches: FeatureBatches, plan: ChunkPlan, dims: int, chunk: int,
                checkpoint: Checkpoint | None, seconds: float, stop: Any,
                progress: Callable[[int], None] | None) -> ChunkState:
+    from fidkit.distributed import SourceSlice
+
     start, end = plan.bounds(chunk)
     state = checkpoint.load_partial(chunk) if checkpoint is not None else None
     if state is None:
@@ -628,7 +606,7 @@ def _run_chunk(source: Any, batches: FeatureBatches, plan: ChunkPlan, dims: int,
     offset = start + state.items_done
     last_save = time.monotonic()
     consumed = 0  # items of the slice [offset, end) behind us, at a batch boundary
-    for batch in batches(_Slice(source, offset, end), plan.batch_size):
+    for batch in batches(SourceSlice(source, offset, end), plan.batch_size):
         if batch.positions and batch.features is not None:
             _update(state, batch.features)
         for position, item, reason in batch.skipped:
