@@ -221,7 +221,34 @@ def planes_of(axis: str) -> tuple[str, ...]:
     return AXES if axis == "all" else (axis,)
 
 
-class DicomSource:
+class _Slices:
+    """The Source protocol over ``_items`` (which slice of which volume, in order), ``_windows``
+    (centre and width per volume) and ``volume(n)``, shared by both sources below."""
+
+    _items: list[_Item]
+    _windows: list[tuple[float, float]]
+
+    def volume(self, n: int) -> Any:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _item(self, i: int) -> _Item:
+        if not -len(self._items) <= i < len(self._items):
+            raise IndexError(f"slice {i} out of range (0..{len(self._items) - 1})")
+        return self._items[i]
+
+    def load(self, i: int) -> np.ndarray:
+        """Slice ``i`` as the network sees it: uint8 ``(H, W, 3)``, windowed, in display orientation."""
+        from fidkit.dicom.slices import render
+
+        item = self._item(i)
+        center, width = self._windows[item.volume]
+        return render(self.volume(item.volume), item.array_axis, item.index, item.plane, center, width)
+
+
+class DicomSource(_Slices):
     """The windowed slices of every image series under a folder, as an image source.
 
     ``len(source)`` slices; ``source.load(i)`` is uint8 ``(H, W, 3)``; sizes may differ between
@@ -264,21 +291,9 @@ class DicomSource:
                 a = cut_axis(v, plane)
                 self._items += [_Item(n, a, k, plane) for k in select_indices(v.array.shape[a], self.options.slices)]
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def _item(self, i: int) -> _Item:
-        if not -len(self._items) <= i < len(self._items):
-            raise IndexError(f"slice {i} out of range (0..{len(self._items) - 1})")
-        return self._items[i]
-
-    def load(self, i: int) -> np.ndarray:
-        """Slice ``i`` as the network sees it: uint8 ``(H, W, 3)``, windowed, in display orientation."""
-        from fidkit.dicom.slices import render
-
-        item = self._item(i)
-        center, width = self._windows[item.volume]
-        return render(self.volumes[item.volume], item.array_axis, item.index, item.plane, center, width)
+    def volume(self, n: int) -> Any:
+        """Volume ``n``, resampled (all are in memory)."""
+        return self.volumes[n]
 
     def item_name(self, i: int) -> str:
         """E.g. ``series 1.2.3 slice 12 (z=-34.5 mm)``: the series, slice index and its position."""
@@ -342,7 +357,7 @@ class _Entry:
     header: dict[str, Any]
 
 
-class VolumeSource:
+class VolumeSource(_Slices):
     """The slices of every volume of a dataset: a folder of NIfTI files (or one file), or a folder
     whose subfolders each hold one DICOM series.
 
@@ -459,22 +474,6 @@ class VolumeSource:
             return volume
 
     # ------------------------------------------------------------------------- Source protocol
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def _item(self, i: int) -> _Item:
-        if not -len(self._items) <= i < len(self._items):
-            raise IndexError(f"slice {i} out of range (0..{len(self._items) - 1})")
-        return self._items[i]
-
-    def load(self, i: int) -> np.ndarray:
-        """Slice ``i`` as the network sees it: uint8 ``(H, W, 3)``, windowed, in display orientation."""
-        from fidkit.dicom.slices import render
-
-        item = self._item(i)
-        center, width = self._windows[item.volume]
-        return render(self.volume(item.volume), item.array_axis, item.index, item.plane, center, width)
-
     def item_name(self, i: int) -> str:
         """E.g. ``case001.nii.gz axial slice 12 of 40``."""
         item = self._item(i)
