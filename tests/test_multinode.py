@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,31 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fidkit.statistics import Statistics
 from fidkit.statistics.checkpoint import default_checkpoint_path
+from process_helpers import (free_port, one_thread_env, png_bytes, rel, start_until_first_chunks,
+                             wait_for_agents)
 
 HERE = Path(__file__).parent
 N = 96
 OPTIONS = ("--batch-size", "4", "--chunk-size", "8")
 pytestmark = pytest.mark.filterwarnings("ignore::fidkit.statistics.statsio.ProvenanceWarning")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("FIDKIT_DEBUG", None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rel(a, b) -> float:
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +34,10 @@ def shards(tmp_path_factory) -> str:
     for shard in range(4):
         with tarfile.open(root / f"part-{shard:04d}.tar", "w") as tar:
             for i in range(shard * N // 4, (shard + 1) * N // 4):
-                buffer = io.BytesIO()
-                Image.fromarray(images[i]).save(buffer, format="PNG")
+                data = png_bytes(images[i])
                 info = tarfile.TarInfo(f"{i:06d}.png")
-                info.size = buffer.tell()
-                buffer.seek(0)
-                tar.addfile(info, buffer)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     return str(root / "part-{0000..0003}.tar")
 
 
@@ -69,44 +51,22 @@ def _torchrun(nnodes: int, nproc: int, port: int, spec: str, out: Path, *extra: 
                    "--max_restarts", "0", "--monitor_interval", "0.5",
                    str(HERE / "chunked_child.py"), spec, str(out), *OPTIONS, *extra]
         agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       env=_env(), start_new_session=True))
+                                       env=one_thread_env(), start_new_session=True))
     return agents
-
-
-def _wait(agents: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str, str]]:
-    deadline = time.monotonic() + timeout
-    results = []
-    for agent in agents:
-        try:
-            out, err = agent.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for a in agents:
-                with_kill(a)
-            pytest.fail("torchrun did not finish in time")
-        results.append((agent.returncode, out.decode(), err.decode()))
-    return results
-
-
-def with_kill(agent: subprocess.Popen) -> None:
-    try:
-        os.killpg(agent.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    agent.communicate()
 
 
 @pytest.fixture(scope="module")
 def one_process(shards, tmp_path_factory) -> Statistics:
     out = tmp_path_factory.mktemp("single") / "one.pkl"
     run = subprocess.run([sys.executable, str(HERE / "chunked_child.py"), shards, str(out), *OPTIONS],
-                         capture_output=True, text=True, env=_env(), timeout=300)
+                         capture_output=True, text=True, env=one_thread_env(), timeout=300)
     assert run.returncode == 0, run.stderr
     return Statistics.load(str(out))
 
 
 def test_two_nodes_of_two_ranks_equal_one_process(shards, one_process, tmp_path):
     out = tmp_path / "four.pkl"
-    results = _wait(_torchrun(2, 2, _free_port(), shards, out))
+    results = wait_for_agents(_torchrun(2, 2, free_port(), shards, out), timeout=240)
     for code, _, err in results:
         assert code == 0, "\n=====\n".join(e[-2500:] for _, _, e in results)
     assert sum(o.count("wrote") for _, o, _ in results) == 1  # rank 0 alone writes
@@ -123,18 +83,14 @@ def test_two_nodes_of_two_ranks_equal_one_process(shards, one_process, tmp_path)
 def test_stopped_then_resumed_at_world_size_three(shards, one_process, tmp_path):
     out = tmp_path / "resumed.pkl"
     folder = default_checkpoint_path(out)
-    child = subprocess.Popen([sys.executable, str(HERE / "chunked_child.py"), shards, str(out),
-                              *OPTIONS, "--sleep", "0.05"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=_env())
-    deadline = time.monotonic() + 120
-    while not (folder / "prefix.npz").exists():
-        assert child.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    child = start_until_first_chunks([sys.executable, str(HERE / "chunked_child.py"), shards,
+                                      str(out), *OPTIONS, "--sleep", "0.05"], folder,
+                                     timeout=120, poll=0.02)
     time.sleep(0.3)
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 75, err.decode()
-    results = _wait(_torchrun(1, 3, _free_port(), shards, out))
+    results = wait_for_agents(_torchrun(1, 3, free_port(), shards, out), timeout=240)
     for code, _, err in results:
         assert code == 0, "\n=====\n".join(e[-2500:] for _, _, e in results)
     assert "resumed 0" not in results[0][1]
@@ -146,7 +102,7 @@ def test_stopped_then_resumed_at_world_size_three(shards, one_process, tmp_path)
 
 def test_a_rank_that_dies_fails_the_job(shards, tmp_path):
     out = tmp_path / "dies.pkl"
-    agents = _torchrun(1, 2, _free_port(), shards, out, "--sleep", "0.1")
+    agents = _torchrun(1, 2, free_port(), shards, out, "--sleep", "0.1")
     # wait until both ranks are computing, then kill one worker (not the agent)
     deadline = time.monotonic() + 120
     logs = []
@@ -159,7 +115,7 @@ def test_a_rank_that_dies_fails_the_job(shards, tmp_path):
     assert len(workers) == 2
     os.kill(int(workers[1]), signal.SIGKILL)
     started = time.monotonic()
-    (code, _, err), = _wait(agents, timeout=120)
+    (code, _, err), = wait_for_agents(agents, timeout=120)
     assert code != 0 and not out.exists()
     assert time.monotonic() - started < 60  # torchrun stops the other rank; no gloo timeout wait
     # the survivors' finished chunks are kept for the next run

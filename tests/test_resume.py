@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fidkit.errors import EXIT_PREEMPTED, InputError, UsageError
 from fidkit.statistics import Statistics
@@ -27,21 +26,10 @@ from fidkit.statistics.checkpoint import (Checkpoint, ChunkPlan, accumulate_chun
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from chunked_child import DIMS, fake_batches  # noqa: E402
+from process_helpers import one_thread_env, png_bytes  # noqa: E402
 
 N = 150
 pytestmark = pytest.mark.filterwarnings("ignore::fidkit.statistics.statsio.ProvenanceWarning")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("FIDKIT_DEBUG", None)
-    return env
-
-
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +38,11 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     images = np.random.default_rng(11).integers(0, 256, (N, 16, 16, 3), dtype=np.uint8)
     with zipfile.ZipFile(root / "set.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for i, image in enumerate(images):
-            zf.writestr(f"img/{i:04d}.png", _png(image))
+            zf.writestr(f"img/{i:04d}.png", png_bytes(image))
     for shard in range(5):
         with tarfile.open(root / f"shard-{shard:02d}.tar", "w") as tar:
             for i in range(shard * N // 5, (shard + 1) * N // 5):
-                for name, data in ((f"{i:06d}.png", _png(images[i])), (f"{i:06d}.cls", b"3")):
+                for name, data in ((f"{i:06d}.png", png_bytes(images[i])), (f"{i:06d}.cls", b"3")):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -63,12 +51,12 @@ def inputs(tmp_path_factory) -> dict[str, str]:
 
 def _child(spec: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HERE / "chunked_child.py"), spec, str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=one_thread_env())
 
 
 def _finish(spec: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HERE / "chunked_child.py"), spec, str(out), *extra],
-                          capture_output=True, text=True, env=_env(), timeout=300)
+                          capture_output=True, text=True, env=one_thread_env(), timeout=300)
 
 
 OPTIONS = ("--batch-size", "4", "--chunk-size", "12", "--seconds", "0.05", "--sleep", "0.06")

@@ -11,7 +11,6 @@ files, fidkit's plain folder path, no chunks).
 from __future__ import annotations
 
 import io
-import os
 import random
 import signal
 import subprocess
@@ -23,28 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fidkit.statistics import Statistics
 from fidkit.statistics.checkpoint import default_checkpoint_path
+from process_helpers import (free_port, one_thread_env, png_bytes, rel, start_until_first_chunks,
+                             wait_for_agents)
 
 N = 48  # 6 chunks of 8 = 2 batches of 4 each
 DIMS = 64
 pytestmark = pytest.mark.filterwarnings("ignore::fidkit.FidkitWarning")
-
-
-def _env() -> dict[str, str]:
-    # One thread everywhere: the features of every run (one process or many ranks) come from the
-    # same float32 kernels.
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("FIDKIT_DEBUG", None)
-    return env
-
-
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +44,12 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     (root / "folder").mkdir()
     with zipfile.ZipFile(root / "set.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for i, image in enumerate(images):
-            zf.writestr(f"img/{i:04d}.png", _png(image))
-            (root / "folder" / f"{i:04d}.png").write_bytes(_png(image))
+            zf.writestr(f"img/{i:04d}.png", png_bytes(image))
+            (root / "folder" / f"{i:04d}.png").write_bytes(png_bytes(image))
     for shard in range(3):
         with tarfile.open(root / f"shard-{shard:02d}.tar", "w") as tar:
             for i in range(shard * N // 3, (shard + 1) * N // 3):
-                for name, data in ((f"{i:06d}.png", _png(images[i])), (f"{i:06d}.cls", b"1")):
+                for name, data in ((f"{i:06d}.png", png_bytes(images[i])), (f"{i:06d}.cls", b"1")):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -82,7 +68,7 @@ def _command(spec: str, out: Path, weights: Path, *extra: str) -> list[str]:
 
 def _stats(spec: str, out: Path, weights: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(_command(spec, out, weights, *extra), capture_output=True, text=True,
-                          env=_env(), timeout=300)
+                          env=one_thread_env(), timeout=300)
 
 
 def _states(folder: Path) -> dict[str, int]:
@@ -135,7 +121,8 @@ def test_sigkill_at_random_points_then_the_same_command_is_bit_identical(
         before = _states(folder)
         child = subprocess.Popen(_command(inputs[kind], out, test_weights, "--checkpoint-every",
                                           "0.01"),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=one_thread_env())
         # Kill only once this run has written a state of its own: a kill during start-up would
         # prove nothing. The states are written at batch boundaries, so the kill lands anywhere.
         deadline = time.monotonic() + 240
@@ -166,13 +153,8 @@ def test_sigterm_exits_75_then_refuses_other_runs_then_resumes(inputs, uninterru
                                                                tmp_path):
     out = tmp_path / "ref.pkl"
     folder = default_checkpoint_path(out)
-    child = subprocess.Popen(_command(inputs["tar"], out, test_weights, "--checkpoint-every", "0.01"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    deadline = time.monotonic() + 240
-    while not (folder / "prefix.npz").exists():  # the first chunks are done
-        assert child.poll() is None, child.communicate()[1].decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    child = start_until_first_chunks(_command(inputs["tar"], out, test_weights,
+                                              "--checkpoint-every", "0.01"), folder)
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=120)
     lines = err.decode().strip().splitlines()
@@ -211,7 +193,7 @@ def test_cli_option_rules(inputs, test_weights, tmp_path):
               "--chunk-size", "10", "--dims", str(DIMS), "--weights", str(test_weights),
               "--device", "cpu", "--network", "reference"], "multiple of the batch size")):
         run = subprocess.run([sys.executable, "-m", "fidkit", *argv], capture_output=True,
-                             text=True, env=_env(), timeout=300)
+                             text=True, env=one_thread_env(), timeout=300)
         assert run.returncode == 2 and says in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr
 
@@ -223,7 +205,7 @@ def test_files_from_list_equals_the_folder(inputs, uninterrupted, test_weights, 
     out = tmp_path / "list.pkl"
     run = subprocess.run([sys.executable, "-m", "fidkit", "stats", "--files-from", str(listing),
                           "-o", str(out), *_options(test_weights)], capture_output=True,
-                         text=True, env=_env(), timeout=300)
+                         text=True, env=one_thread_env(), timeout=300)
     assert run.returncode == 0, run.stderr
     got = Statistics.load(str(out))
     assert got.meta["source"]["kind"] == "file-list"
@@ -232,46 +214,23 @@ def test_files_from_list_equals_the_folder(inputs, uninterrupted, test_weights, 
 
 # ------------------------------------------------------------------------------ torchrun
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _torchrun(nnodes: int, nproc: int, spec: str, out: Path, weights: Path) -> list[tuple[int, str, str]]:
     """One torchrun agent per node, all on this machine, meeting at a c10d store on localhost;
     returns each agent's (exit code, stdout, stderr)."""
-    port = _free_port()
+    port = free_port()
     agents = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc_per_node",
          str(nproc), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
          "--rdzv_id", f"fidkit-stats-{port}", "--max_restarts", "0", "--monitor_interval", "0.5",
          "-m", "fidkit", "stats", spec, "-o", str(out), *_options(weights)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=one_thread_env(),
+        start_new_session=True)
         for _ in range(nnodes)]
-    deadline = time.monotonic() + 400
-    results = []
-    for agent in agents:
-        try:
-            stdout, stderr = agent.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for a in agents:
-                try:
-                    os.killpg(a.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                a.communicate()
-            pytest.fail("torchrun did not finish in time")
-        results.append((agent.returncode, stdout.decode(), stderr.decode()))
+    results = wait_for_agents(agents, timeout=400)
     for code, _, _ in results:
         assert code == 0, "\n=====\n".join(e[-2500:] for _, _, e in results)
     return results
-
-
-def _rel(a, b) -> float:
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
 
 @pytest.mark.slow
@@ -282,7 +241,7 @@ def test_torchrun_two_nodes_of_two_ranks_equal_one_process(inputs, uninterrupted
     assert sum(o.count("wrote") for _, o, _ in results) == 1  # rank 0 alone writes
     got, want = Statistics.load(str(out)), uninterrupted["tar"]
     assert got.n == N and got.meta["source"] == want.meta["source"]
-    assert _rel(got.mu, want.mu) <= 1e-12 and _rel(got.sigma, want.sigma) <= 1e-12
+    assert rel(got.mu, want.mu) <= 1e-12 and rel(got.sigma, want.sigma) <= 1e-12
     assert _same(got, want)  # every run folds the same chunk states in chunk order
     assert not default_checkpoint_path(out).exists()
 
@@ -292,20 +251,15 @@ def test_stopped_then_resumed_by_torchrun_at_world_size_three(inputs, uninterrup
                                                               tmp_path):
     out = tmp_path / "resumed.pkl"
     folder = default_checkpoint_path(out)
-    child = subprocess.Popen(_command(inputs["tar"], out, test_weights, "--checkpoint-every", "0.01"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    deadline = time.monotonic() + 240
-    while not (folder / "prefix.npz").exists():
-        assert child.poll() is None, child.communicate()[1].decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    child = start_until_first_chunks(_command(inputs["tar"], out, test_weights,
+                                              "--checkpoint-every", "0.01"), folder)
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=120)
     assert child.returncode == 75, err.decode()
     results = _torchrun(1, 3, inputs["tar"], out, test_weights)
     assert "resumed from" in results[0][2]
     got, want = Statistics.load(str(out)), uninterrupted["tar"]
-    assert _rel(got.mu, want.mu) <= 1e-12 and _rel(got.sigma, want.sigma) <= 1e-12
+    assert rel(got.mu, want.mu) <= 1e-12 and rel(got.sigma, want.sigma) <= 1e-12
     assert _same(got, want)
     assert not folder.exists()
 
@@ -317,13 +271,13 @@ def test_compare_takes_archives_and_patterns_as_sides(inputs, test_weights, tmp_
                           "--json", "--dims", str(DIMS), "--weights", str(test_weights),
                           "--device", "cpu", "--workers", "0", "--network", "reference"],
                          capture_output=True, text=True,
-                         env=_env(), timeout=300)
+                         env=one_thread_env(), timeout=300)
     assert run.returncode == 0, run.stderr
     import json
 
     assert abs(json.loads(run.stdout)["fid"]) <= 1e-6
     missing = inputs["tar"].replace("{00..02}", "{00..04}")
     run = subprocess.run([sys.executable, "-m", "fidkit", "compare", inputs["zip"], missing],
-                         capture_output=True, text=True, env=_env(), timeout=300)
+                         capture_output=True, text=True, env=one_thread_env(), timeout=300)
     assert run.returncode == 2 and "shard-03.tar does not exist (2 of the 5 paths" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
