@@ -1,5 +1,5 @@
 """Helpers of the tests that run fidkit in child processes (resume, checkpoints, torchrun):
-the environment they run in, PNG bytes for archives, a free port for a rendezvous, waiting for
+the environment they run in, PNG images in tar shards, a free port for a rendezvous, waiting for
 a run's first chunks, and waiting for (or killing) torchrun agents."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def write_png_shards(root: Path, images, shards: int, label: bytes) -> str:
+    """``images`` (uint8 (H, W, 3) each) as PNGs in ``shards`` WebDataset tar files
+    ``root/shard-00.tar``, ... in order, a ``.cls`` entry holding ``label`` beside each image;
+    returns the brace pattern naming them all."""
+    n = len(images)
+    for shard in range(shards):
+        with tarfile.open(root / f"shard-{shard:02d}.tar", "w") as tar:
+            for i in range(shard * n // shards, (shard + 1) * n // shards):
+                for name, data in ((f"{i:06d}.png", png_bytes(images[i])), (f"{i:06d}.cls", label)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(root / f"shard-{{00..{shards - 1:02d}}}.tar")
 
 
 def free_port() -> int:

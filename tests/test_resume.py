@@ -4,13 +4,11 @@ a checkpoint and exit 75; a checkpoint of other options or inputs is refused wit
 line. The uninterrupted run is checked against np.mean/np.cov of the same features."""
 from __future__ import annotations
 
-import io
 import os
 import random
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +24,7 @@ from fidkit.statistics.checkpoint import (Checkpoint, ChunkPlan, accumulate_chun
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from chunked_child import DIMS, fake_batches  # noqa: E402
-from process_helpers import one_thread_env, png_bytes  # noqa: E402
+from process_helpers import one_thread_env, png_bytes, write_png_shards  # noqa: E402
 
 N = 150
 pytestmark = pytest.mark.filterwarnings("ignore::fidkit.statistics.statsio.ProvenanceWarning")
@@ -39,14 +37,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     with zipfile.ZipFile(root / "set.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for i, image in enumerate(images):
             zf.writestr(f"img/{i:04d}.png", png_bytes(image))
-    for shard in range(5):
-        with tarfile.open(root / f"shard-{shard:02d}.tar", "w") as tar:
-            for i in range(shard * N // 5, (shard + 1) * N // 5):
-                for name, data in ((f"{i:06d}.png", png_bytes(images[i])), (f"{i:06d}.cls", b"3")):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return {"zip": str(root / "set.zip"), "tar": str(root / "shard-{00..04}.tar")}
+    return {"zip": str(root / "set.zip"), "tar": write_png_shards(root, images, 5, b"3")}
 
 
 def _child(spec: str, out: Path, *extra: str) -> subprocess.Popen:

@@ -10,12 +10,10 @@ files, fidkit's plain folder path, no chunks).
 """
 from __future__ import annotations
 
-import io
 import random
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 from fidkit.statistics import Statistics
 from fidkit.statistics.checkpoint import default_checkpoint_path
 from process_helpers import (free_port, one_thread_env, png_bytes, rel, start_until_first_chunks,
-                             wait_for_agents)
+                             wait_for_agents, write_png_shards)
 
 N = 48  # 6 chunks of 8 = 2 batches of 4 each
 DIMS = 64
@@ -46,14 +44,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
         for i, image in enumerate(images):
             zf.writestr(f"img/{i:04d}.png", png_bytes(image))
             (root / "folder" / f"{i:04d}.png").write_bytes(png_bytes(image))
-    for shard in range(3):
-        with tarfile.open(root / f"shard-{shard:02d}.tar", "w") as tar:
-            for i in range(shard * N // 3, (shard + 1) * N // 3):
-                for name, data in ((f"{i:06d}.png", png_bytes(images[i])), (f"{i:06d}.cls", b"1")):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return {"zip": str(root / "set.zip"), "tar": str(root / "shard-{00..02}.tar"),
+    return {"zip": str(root / "set.zip"), "tar": write_png_shards(root, images, 3, b"1"),
             "folder": str(root / "folder")}
 
 
