@@ -2,19 +2,19 @@
 
 One run, one card, the same random test weights for every tool (``fidkit weights make-test``):
 
-1. numerics: pool_3 (and the 64/192/768 taps) of 32 synthetic images on the card, plain and
-   folded channels-last, against the same network in float64 on the CPU; and the same with TF32
+1. numerics: pool_3 (and the 64/192/768 taps) of 32 synthetic images on the card, against the
+   same network in float64 on the CPU; and the same with TF32
    switched on globally beforehand, to show fidkit turns it off (and what TF32 would cost);
 2. in-memory tensors: a streaming ``fidkit.FID`` fed uint8 (B, 3, 256, 256) batches that already
    sit on the card, against torchmetrics' ``FrechetInceptionDistance`` (torch-fidelity's network)
    and pytorch-fid's ``InceptionV3`` with its activations copied to the host as its own loop does,
-   each with cuDNN's default TF32 convolutions and with TF32 off (fidkit's numerics); fidkit also
-   with its folded network in channels-last; images/s per batch size, synchronised timing;
+   each with cuDNN's default TF32 convolutions and with TF32 off (fidkit's numerics); images/s
+   per batch size, synchronised timing;
 3. a folder of PNGs (256x256, written here in parallel): ``fidkit`` vs ``pytorch-fid`` vs
    ``torch-fidelity`` end to end on the card, each in its own process with its own default
    workers (``benchmarks/throughput.py``'s child runs with ``--device cuda``), the peers also with
    TF32 off, and fidkit also decoding in threads instead of processes (``--worker-sweep`` adds
-   other worker counts; ``FIDKIT_BENCH_LAYOUTS=1`` adds the folded network in channels-last to 2).
+   other worker counts).
 
 The card's plain fp32 matmul rate (TF32 off) is measured in the same run; fidkit's share of it
 counts 11.4 GFLOP per image.
@@ -87,7 +87,7 @@ def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
 
 def numerics(weights: str) -> dict:
     """Largest difference from the float64 network, relative to the largest feature, per tap."""
-    from fidkit.extractors.runner import fast_layout, fp32_numerics, inference_copy, load_model
+    from fidkit.extractors.runner import fp32_numerics, inference_copy, load_model
     from fidkit.preprocess import get_convention
     from fidkit.extractors.weights import synthetic_images
 
@@ -99,12 +99,12 @@ def numerics(weights: str) -> dict:
         truth = copy.deepcopy(cpu_model).double()(x.double())
         cpu_plain = cpu_model(x)
     model, _ = load_model(weights, outputs=taps, device=DEVICE, progress=False)
-    fast = inference_copy(model)
+    fast = inference_copy(model, "reference")  # on a card the default copy is the module itself
     xc = x.to(DEVICE)
     out: dict = {"cpu_plain": {t: _rel(cpu_plain[t], truth[t]) for t in taps}}
     with torch.no_grad(), fp32_numerics():
         plain = model(xc)
-        quick = fast(xc.contiguous(memory_format=fast_layout(DEVICE)))
+        quick = fast(xc.contiguous())
     out["cuda_plain"] = {t: _rel(plain[t], truth[t]) for t in taps}
     out["cuda_fast"] = {t: _rel(quick[t], truth[t]) for t in taps}
     out["cuda_fast_vs_plain"] = {t: _rel(quick[t], plain[t]) for t in taps}
@@ -139,24 +139,6 @@ def _timed(step, batch: torch.Tensor, images: int) -> float:
     return calls * batch.shape[0] / (time.perf_counter() - start)
 
 
-class _layout:
-    """Make fidkit's fast network use ``fmt`` on the card (to compare layouts in one run)."""
-
-    def __init__(self, model, fmt) -> None:
-        import fidkit.extractors.runner as features
-
-        self.features, self.model, self.fmt = features, model, fmt
-
-    def __enter__(self):
-        self.saved = self.features.fast_layout
-        self.features.fast_layout = lambda device: self.fmt
-        self.features._COPIES.pop(self.model, None)  # rebuild the folded copy in this layout
-
-    def __exit__(self, *exc):
-        self.features.fast_layout = self.saved
-        self.features._COPIES.pop(self.model, None)  # rebuild the folded copy in this layout
-
-
 class _tf32:
     """TF32 on or off for the peers (cuDNN's default is on; fidkit switches it off itself)."""
 
@@ -183,11 +165,6 @@ def in_memory(weights: str, batches: list[int], images: int) -> list[dict]:
         row: dict = {"batch": batch_size}
         metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE)  # the reference network
         row["fidkit"] = _timed(metric.update, batch, images)
-        metric = fidkit.FID(dims=2048, weights=weights, device=DEVICE, fast="folded")
-        row["fidkit --fold-bn"] = _timed(metric.update, batch, images)
-        if os.environ.get("FIDKIT_BENCH_LAYOUTS"):
-            with _layout(metric._model, torch.channels_last):
-                row["fidkit --fold-bn, channels-last"] = _timed(metric.update, batch, images)
         for tf32 in (cudnn_default, False) if cudnn_default else (False,):
             tag = " (TF32 on, its default)" if tf32 else " (TF32 off)"
             with _tf32(tf32):

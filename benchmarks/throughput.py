@@ -19,8 +19,8 @@ pytorch-fid gets them through its ``load_state_dict_from_url``, torch-fidelity t
   files) to show memory does not grow with N, one process per N; with ``--scaling-trace N``, one
   process of N images, its RSS sampled against the images loaded so far.
 
-Tools: ``fidkit`` (its defaults), ``fidkit-exact`` (``--exact``, the reference network),
-``fidkit-folded`` (``--fold-bn``), ``pytorch-fid``, ``torch-fidelity``.
+Tools: ``fidkit`` (its defaults), ``fidkit-exact`` (``--network reference``, the reference
+network), ``pytorch-fid``, ``torch-fidelity``.
 
 The fidkit child applies the heap setting the fidkit command line applies (fidkit.allocator);
 ``FIDKIT_NO_ALLOC_TUNING=1`` turns it off there as in the command line.
@@ -70,12 +70,12 @@ class GeneratedSource:
         return {"kind": "generated", "images": self.count}
 
 
-#: The ``fast`` argument each fidkit tool name runs with.
-FIDKIT_TOOLS = {"fidkit": None, "fidkit-exact": False, "fidkit-folded": "folded"}
+#: The ``network`` argument each fidkit tool name runs with.
+FIDKIT_TOOLS = {"fidkit": None, "fidkit-exact": "reference"}
 
 
 def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, device: str = "cpu",
-                fast: bool | str | None = None) -> dict:
+                network: str | None = None) -> dict:
     import torch
 
     import fidkit
@@ -94,7 +94,7 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
     start = time.perf_counter()
     extra = {"batch_size": batch} if batch else {}
     stats = fidkit.compute_statistics(source, dims=dims, weights=weights, workers=workers,
-                                      device=device, cache=False, progress=False, fast=fast,
+                                      device=device, cache=False, progress=False, network=network,
                                       **extra)
     seconds = time.perf_counter() - start
     out = {"n": stats.n, "seconds": seconds, "mu": stats.mu.tolist(),
@@ -110,10 +110,10 @@ def _run_fidkit(folder: str, weights: str, workers: int | None, dims: int, devic
 
     def features(path):
         return torch.cat([o["2048"] for o in iter_features(first, model, get_convention("tf1"),
-                                                           workers=0, optimized=path,
+                                                           workers=0, network=path,
                                                            progress=False)])
 
-    plain, ran = features(False), features(fast)
+    plain, ran = features("reference"), features(network)
     out["fast_vs_plain_rel"] = float((ran - plain).abs().max() / plain.abs().max())
     return out
 
@@ -177,11 +177,6 @@ def _run_torch_fidelity(folder: str, weights: str, device: str = "cpu") -> dict:
 
 def child_main(args: argparse.Namespace) -> None:
     tool = args.run
-    if tool == "fidkit-folded":
-        # what the fidkit command line does before it loads torch (fidkit.allocator)
-        from fidkit.allocator import tune_allocator
-
-        tune_allocator()
     if os.environ.get("FIDKIT_BENCH_NO_TF32", "") not in ("", "0"):
         import torch  # a peer made to run plain fp32 convolutions, as fidkit always does
 

@@ -33,7 +33,7 @@ def main() -> int:
     import torch
 
     import fidkit
-    from fidkit.extractors.runner import fp32_numerics, input_layout, resolve_device, select_network
+    from fidkit.extractors.runner import fp32_numerics, resolve_device, select_network
     from fidkit.preprocess import get_convention
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -83,8 +83,8 @@ def main() -> int:
         with torch.no_grad(), fp32_numerics():
             model.outputs = (tap,)
             # the same network the metric runs (default: the blocked copy on the CPU)
-            network, path = select_network(model, metric._fast, x.device)
-            network(convention.prepare((x + 1) * 127.5).contiguous(memory_format=input_layout(path, x.device)))
+            network, _ = select_network(model, metric._network_choice, x.device)
+            network(convention.prepare((x + 1) * 127.5).contiguous())
 
     def streamed() -> None:
         metric.update(x)
