@@ -27,6 +27,8 @@ def cached_state(extractor) -> str:
     target = cache_dir() / spec.filename
     if not target.is_file():
         return "absent"
+    if not spec.size:  # size not published: the hash pinned at download is checked on use
+        return "cached"
     return "cached" if target.stat().st_size == spec.size else "corrupt"
 
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     header = f"{'name':<24} {'dims':<16} {'weights':>9}  {'cached':<7} {'licence':<14} conventions"
     print(header)
     for info in rows:
-        size = info["weights"]["size"] if info["weights"] else 0
+        size = info["weights"]["size"] if info["weights"] else None
         dims = ",".join(map(str, info["dims"]))
         conventions = ", ".join(c + ("*" if c == info["default_convention"] else "")
                                 for c in info["conventions"])
@@ -55,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.0f} MB" if size else "-"
+def _mb(size: int | None) -> str:
+    if size is None:
+        return "-"  # no weights file (a user's module)
+    return f"{size / 1e6:.0f} MB" if size else "unknown"
 
 
 def _short(text: str, width: int) -> str:
