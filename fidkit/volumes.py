@@ -35,6 +35,7 @@ import numpy as np
 
 from fidkit.errors import InputError, ProvenanceMismatchError, UsageError
 from fidkit.extraction import Pipeline, Runtime
+from fidkit.dicom.maisi import plane_batches  # noqa: F401  (re-exported)
 from fidkit.statistics import Statistics
 
 MAISI = "maisi-2.5d"
@@ -171,34 +172,6 @@ def _progress(total: int, runtime: Runtime, what: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- maisi-2.5d
-def plane_batches(array: np.ndarray, plane: str, center_slices_ratio: float | None = None,
-                  batch_size: int = 16, *, unit: bool = False) -> Iterator[np.ndarray]:
-    """:func:`fidkit.dicom.maisi.plane_inputs` in batches of ``batch_size`` slices, so a 512^3
-    plane is never held as one (512, 3, 512, 512) array: the same float32 operations on the
-    same min and max (of the whole stack), so the batches stacked equal ``plane_inputs`` exactly.
-
-    ``unit``: yield the grey slices scaled to 0..1 instead, float32 (B, H, W), before the channel
-    repeat and the mean subtraction (what other extractors receive, as 8-bit images).
-    """
-    from fidkit.dicom.maisi import BGR_MEANS, CUT_AXIS, center_range
-
-    if plane not in CUT_AXIS:
-        raise UsageError(f"unknown MAISI plane {plane!r}; use one of {', '.join(CUT_AXIS)}")
-    axis = CUT_AXIS[plane]
-    keep = center_range(array.shape[axis], center_slices_ratio)
-    grey = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)[keep.start:keep.stop]
-    low, high = grey.min(), grey.max()
-    for start in range(0, len(grey), batch_size):
-        scaled = (grey[start:start + batch_size] - low) / ((high - low) + np.float32(1e-10))
-        if unit:
-            yield scaled
-            continue
-        out = np.repeat(scaled[:, None], 3, axis=1)
-        for channel, mean in enumerate(BGR_MEANS):
-            out[:, channel] -= np.float32(mean)
-        yield out
-
-
 def unit_to_rgb255(unit: np.ndarray) -> np.ndarray:
     """Grey slices on 0..1, float (B, H, W) -> float32 (B, 3, H, W) 8-bit values 0..255
     (``floor(255 v + 0.5)``): the images a 2-D extractor other than RadImageNet is fed."""

@@ -179,17 +179,35 @@ def plane_inputs(array: np.ndarray, plane: str, center_slices_ratio: Optional[fl
     ``xy``: slices across z, each ``(x, y)``; ``yz``: across x, each ``(y, z)``; ``zx``: across y,
     each ``(x, z)`` (the array's own axis order: no transpose, no flip, no resize).
     """
+    return np.concatenate(list(plane_batches(array, plane, center_slices_ratio,
+                                             batch_size=max(1, max(array.shape)))))
+
+
+def plane_batches(array: np.ndarray, plane: str, center_slices_ratio: Optional[float] = None,
+                  batch_size: int = 16, *, unit: bool = False):
+    """:func:`plane_inputs` in batches of ``batch_size`` slices, so a 512^3 plane is never held as
+    one (512, 3, 512, 512) array: the same float32 operations on the same min and max (of the
+    whole stack), so the batches stacked equal ``plane_inputs`` exactly.
+
+    ``unit``: yield the grey slices scaled to 0..1 instead, float32 (B, H, W), before the channel
+    repeat and the mean subtraction (what other extractors receive, as 8-bit images).
+    """
     if plane not in CUT_AXIS:
         raise UsageError(f"unknown MAISI plane {plane!r}; use one of {', '.join(PLANES)}")
     axis = CUT_AXIS[plane]
     keep = center_range(array.shape[axis], center_slices_ratio)
     grey = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)[keep.start:keep.stop]
     low, high = grey.min(), grey.max()
-    scaled = (grey - low) / ((high - low) + np.float32(1e-10))  # float32 throughout, as in torch
-    out = np.repeat(scaled[:, None], 3, axis=1)
-    for channel, mean in enumerate(BGR_MEANS):
-        out[:, channel] -= np.float32(mean)
-    return out
+    for start in range(0, len(grey), batch_size):
+        # float32 throughout, as in torch
+        scaled = (grey[start:start + batch_size] - low) / ((high - low) + np.float32(1e-10))
+        if unit:
+            yield scaled
+            continue
+        out = np.repeat(scaled[:, None], 3, axis=1)
+        for channel, mean in enumerate(BGR_MEANS):
+            out[:, channel] -= np.float32(mean)
+        yield out
 
 
 def maisi_inputs(volume: Volume, options: MaisiOptions | None = None) -> dict[str, np.ndarray]:

@@ -35,8 +35,7 @@ class InceptionExtractor(Extractor):
         from fidkit.extractors.networks.inception import FIDInceptionV3
 
         model = FIDInceptionV3(outputs=("2048",))
-        model.load_weights(state, source=str(state.get("__source__", "the weights file"))
-                           if isinstance(state, dict) else "the weights file")
+        model.load_weights(state, source="the weights file")  # the runner adds the path
         model.outputs = tuple(outputs)
         return model
 
