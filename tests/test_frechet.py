@@ -233,6 +233,33 @@ def test_gram_shortcut_skip_changes_route_cost_not_value(monkeypatch):
     assert frechet_from_moments(mu1, w1, mu2, w2).method == "gram" and calls[-1] is False
 
 
+def test_gram_shortcut_sees_a_small_distance_between_large_covariances(monkeypatch):
+    # FID ~2 beside traces of ~2000: the Gram route's error estimate exceeds 1e-11 of the value,
+    # so it would fall back to the SVD; the diagonal of M (a lower bound of its nuclear norm)
+    # shows that before the eigenvalues. The shortcut's yes agrees with the full check, and the
+    # value equals the closed form.
+    import fidkit.distances.frechet as frechet_module
+
+    rng = np.random.default_rng(5)
+    d = 1024
+    a = np.exp(rng.uniform(np.log(0.1), np.log(10.0), d))
+    b = a * rng.uniform(0.9, 1.1, d)
+    s1, s2 = _commuting(d, a, b, rng)
+    mu1 = rng.standard_normal(d)
+    mu2 = mu1 + 0.01 * rng.standard_normal(d)
+    truth = float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum() + ((mu1 - mu2) ** 2).sum())
+    assert truth < 1e-3 * (a.sum() + b.sum())
+    calls = []
+    real = frechet_module._gram_hopeless
+    monkeypatch.setattr(frechet_module, "_gram_hopeless",
+                        lambda *args: calls.append(real(*args)) or calls[-1])
+    skipped = frechet_from_moments(mu1, s1, mu2, s2)
+    assert calls == [True] and skipped.method == "svd"
+    assert abs(skipped.value - truth) <= 1e-10 * truth
+    monkeypatch.setattr(frechet_module, "_gram_hopeless", lambda *args: False)
+    assert frechet_from_moments(mu1, s1, mu2, s2).method == "svd"  # the full check agrees
+
+
 def test_rank_below_d_warns_when_n_is_not_recorded():
     # A peer's .npz (mu, sigma only) made from 30 samples in 64 dims: rank 29, n unknown (0).
     rng = np.random.default_rng(10)

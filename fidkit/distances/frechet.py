@@ -25,8 +25,9 @@ Numerical choices, all measured (``benchmarks/frechet.py``):
   4x faster than an SVD at d = 2048) are used when a first-order error estimate shows their square roots
   are accurate to 1e-11 of the result; otherwise (ill-conditioned covariances) the singular
   values of M are computed directly. For two full-rank Cholesky factors, M is formed with
-  triangular BLAS (dtrmm), and a pair whose determinants already show the check must fail goes
-  straight to the SVD without computing the Gram eigenvalues first.
+  triangular BLAS (dtrmm), and a pair for which the determinants and the diagonal of M already
+  show the check must fail (ill-conditioned covariances; a small distance between large ones)
+  goes straight to the SVD without computing the Gram eigenvalues first.
 * Threads: the numpy path runs numpy's and scipy's LAPACK with as many threads as there are idle
   cores (:mod:`fidkit.distances.blas_threads`): OpenBLAS's threads wait on each other at every
   step, so one thread without a core of its own stalls all of them (7-10x slower SVDs measured
@@ -362,21 +363,37 @@ def _gram_hopeless(backend: "_Backend", m: Any, fa: CovarianceFactor, fb: Covari
                    k: int, scale_hi: float) -> bool:
     """Whether the Gram route's error check is sure to fail, so its eigenvalues (a third of the
     cost at d = 2048) need not be computed. Only a shortcut: when this says no, the check after
-    the eigenvalues still decides. For two full-rank Cholesky factors det(G) = det(S_a) det(S_b)
-    is known from their diagonals, so the geometric mean g of G's eigenvalues is free; a few
-    power steps estimate the largest, lam_max. If k eigenvalues all equal to g already exceeded
-    the check's error bound ten times over, the spread ones (some far below g) do too."""
+    the eigenvalues still decides, and a wrong yes costs time, never accuracy (the SVD is exact).
+
+    The check fails when the error bound exceeds ``_GRAM_TOLERANCE`` times the value. Here a
+    lower estimate of the bound is set against an upper bound of the value:
+
+    * bound: for two full-rank Cholesky factors det(G) = det(S_a) det(S_b) is known from their
+      diagonals, so the geometric mean g of G's eigenvalues is free, and k eigenvalues all equal
+      to g give a lower estimate of the bound (the bound is convex in log lam: Jensen); a few
+      power steps give a lower estimate of lam_max.
+    * value: for any orthogonal Q, tr(M Q) <= |M|_* (the nuclear norm); with Q a diagonal of
+      signs, |M|_* >= sum |M_ii|, so value <= scale_hi - 2 sum |M_ii| (O(d), M is at hand). This
+      is what makes a small distance between large covariances (FID 4 beside traces of 8000,
+      where the Gram route always fails) go straight to the SVD.
+
+    Both estimates lean the safe way, so a factor of 2 (for the rounding of the estimates
+    themselves) suffices."""
     if not (fa.triangular and fb.triangular) or k < 64:
         return False
     logdet = fa.logdet + fb.logdet
     if not math.isfinite(logdet):
         return False
     g = math.exp(logdet / k)
+    diagonal = backend.scalar(backend.abs_diagonal_sum(m))
+    traces = fa.trace + fb.trace
+    value_hi = scale_hi - 2.0 * diagonal if math.isfinite(diagonal) else scale_hi
+    value_hi = max(min(value_hi, scale_hi), 1e-6 * traces)
 
     def hopeless(lam_max: float) -> bool:
         delta = 4.0 * _EPS * lam_max
         bound = k * delta / (math.sqrt(g) + math.sqrt(delta))
-        return 2.0 * bound > 10.0 * _GRAM_TOLERANCE * scale_hi
+        return 2.0 * bound > 2.0 * _GRAM_TOLERANCE * value_hi
 
     # |M|_F^2 >= lam_max costs one pass; only when even it condemns the Gram route are the
     # power steps (a lower estimate, 0.06 s at d = 2048) spent to confirm.
@@ -400,6 +417,7 @@ class _Backend:
     def cross_matrix(self, fa: CovarianceFactor, fb: CovarianceFactor) -> Any: ...
     def gram(self, m: Any, rows: bool) -> Any: ...
     def largest_gram_eigenvalue(self, m: Any) -> float: ...
+    def abs_diagonal_sum(self, m: Any) -> Any: ...
     def eigvalsh(self, a: Any) -> Any: ...
     def svdvals(self, a: Any) -> Any: ...
     def sqrt_clamped(self, x: Any) -> Any: ...
@@ -485,6 +503,9 @@ class _Numpy(_Backend):
                 return lam
             v = w / lam
         return lam
+
+    def abs_diagonal_sum(self, m: np.ndarray) -> float:
+        return float(np.abs(np.diagonal(m)).sum())
 
     def eigvalsh(self, a: np.ndarray) -> np.ndarray:
         try:
@@ -617,6 +638,9 @@ class _Torch(_Backend):
 
     def largest_gram_eigenvalue(self, m: Any) -> float:
         return float("nan")  # torch factors are not marked triangular: never asked
+
+    def abs_diagonal_sum(self, m: Any) -> Any:
+        return self.torch.diagonal(m).abs().sum()
 
     def eigvalsh(self, a: Any) -> Any:
         return self.torch.linalg.eigvalsh(a)
