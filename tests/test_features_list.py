@@ -34,4 +34,4 @@ def test_a_present_file_of_unpublished_size_counts_as_cached(tmp_path, monkeypat
     extractor = get_extractor("dinov2-vit-s-14")
     assert cached_state(extractor) == "absent"
     (tmp_path / extractor.weights.filename).write_bytes(b"x")
-    assert cached_state(extractor) == ("cached" if not extractor.weights.size else "corrupt")
+    assert cached_state(extractor) == ("cached" if not extractor.weights.size else "size differs")

@@ -83,6 +83,42 @@ def test_truncated_transfer_leaves_nothing_in_cache(server):
     assert not cache_dir().exists() or list(cache_dir().iterdir()) == []
 
 
+def test_connection_closed_before_content_length_is_truncated(server):
+    base, routes = server
+    payload = os.urandom(5000)
+    routes["/w.pth"] = (payload[:3000], 5000)  # promises 5000, sends 3000, closes
+    spec = _spec(base, payload, "/w.pth")
+    with pytest.raises(WeightsError, match="truncated transfer"):
+        resolve_weights(spec=spec, offline=False, progress=False)
+    assert not cache_dir().exists() or list(cache_dir().iterdir()) == []
+
+
+def test_published_hash_decides_over_a_recorded_size(server):
+    # Several recorded sizes are third-party records: a file whose published SHA-256 matches is
+    # taken (and later found in the cache) even when the recorded size is off by a few bytes...
+    base, routes = server
+    payload = os.urandom(4000)
+    routes["/w.pth"] = (payload, None)
+    spec = WeightsSpec(filename="w.pth", sha256=hashlib.sha256(payload).hexdigest(),
+                       size=len(payload) - 7, urls=(base + "/w.pth",))
+    got = resolve_weights(spec=spec, offline=False, progress=False)
+    assert got.canonical and got.path.read_bytes() == payload
+    routes.clear()
+    assert resolve_weights(spec=spec, offline=False, progress=False).path == got.path
+
+
+def test_a_server_sending_far_more_than_recorded_is_stopped(server):
+    # ...but a server that keeps sending is cut off 5 % / 1 MiB beyond the recorded size.
+    base, routes = server
+    payload = os.urandom(3 << 20)
+    routes["/w.pth"] = (payload, None)
+    spec = WeightsSpec(filename="w.pth", sha256=hashlib.sha256(payload).hexdigest(),
+                       size=1 << 20, urls=(base + "/w.pth",))
+    with pytest.raises(WeightsError, match="sent more than"):
+        resolve_weights(spec=spec, offline=False, progress=False)
+    assert not cache_dir().exists() or list(cache_dir().iterdir()) == []
+
+
 def test_mirror_is_used_when_the_first_url_fails(server):
     base, routes = server
     payload = os.urandom(2000)

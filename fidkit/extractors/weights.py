@@ -107,8 +107,11 @@ def resolve_weights(
             sha = file_sha256(target)
         except OSError as exc:
             raise WeightsError(f"cannot read cached weights {target}: {exc.strerror}") from None
-        expected = spec.sha256 or _read_pin(target) or sha  # no published hash: trust on first use
-        size_ok = not spec.size or os.path.getsize(target) == spec.size
+        pin = None if spec.sha256 else _read_pin(target)
+        expected = spec.sha256 or pin or sha  # no published hash: trust on first use
+        # The hash decides; a recorded size (often second-hand) only guards a file of
+        # unpublished hash that has no pin yet.
+        size_ok = bool(spec.sha256 or pin) or not spec.size or os.path.getsize(target) == spec.size
         if sha == expected and size_ok:
             if not spec.sha256:
                 _write_pin(target, sha)
@@ -159,40 +162,53 @@ def _write_pin(target: Path, sha: str) -> None:
 
 def download(url: str, target: Path, *, spec: WeightsFile = FID_WEIGHTS, progress: bool = True,
              timeout: float = 60.0) -> str:
-    """Fetch ``url`` to ``target`` via a temporary file; verify size and SHA-256 (where
-    published) before the rename; returns the SHA-256. Nothing is left under ``target`` unless
-    the file is verified."""
+    """Fetch ``url`` to ``target`` via a temporary file; verify it before the rename; returns the
+    SHA-256. Nothing is left under ``target`` unless the file is verified.
+
+    The SHA-256 decides where it is published. A transfer shorter than the server's
+    Content-Length is a truncated one. The recorded size (``spec.size``; for several files a
+    third-party record, not the publisher's) sizes the progress bar and stops a server that sends
+    far more (5 % and 1 MiB beyond it; 8 GiB when no size is recorded); it does not by itself
+    refuse a file whose published hash matches."""
+    import http.client
+
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WeightsError(f"cannot create the cache folder {target.parent}: {exc.strerror}") from None
     digest = hashlib.sha256()
     received = 0
+    limit = spec.size + max(spec.size // 20, _CHUNK) if spec.size else _UNKNOWN_SIZE_CAP
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or spec.size)
-            bar = _progress_bar(total, progress, _label(spec))
+            declared = response.headers.get("Content-Length")
+            declared = int(declared) if declared and declared.strip().isdigit() else None
+            bar = _progress_bar(declared or spec.size, progress, _label(spec))
             with atomic_writer(target) as handle:
                 while True:
                     block = response.read(_CHUNK)
                     if not block:
                         break
                     received += len(block)
-                    if received > (spec.size or _UNKNOWN_SIZE_CAP):
-                        raise WeightsError(f"{url} sent more than the expected {spec.size} bytes")
+                    if received > limit:
+                        raise WeightsError(f"{url} sent more than {limit} bytes (the file is "
+                                           f"recorded as {spec.size or 'at most 8 GiB'})")
                     digest.update(block)
                     handle.write(block)
                     if bar is not None:
                         bar.update(len(block))
                 if bar is not None:
                     bar.close()
-                if spec.size and received != spec.size:
-                    raise WeightsError(f"{url} sent {received} bytes, expected {spec.size} "
-                                       "(truncated transfer)")
+                if declared is not None and received != declared:
+                    raise WeightsError(f"{url} sent {received} of {declared} bytes (truncated "
+                                       "transfer)")
                 if spec.sha256 and digest.hexdigest() != spec.sha256:
-                    raise WeightsError(f"{url} sent a file with SHA-256 {digest.hexdigest()}, "
-                                       f"expected {spec.sha256}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+                    raise WeightsError(f"{url} sent a file with SHA-256 {digest.hexdigest()} "
+                                       f"({received} bytes), expected {spec.sha256}")
+    except http.client.IncompleteRead as exc:
+        raise WeightsError(f"{url} sent {received + len(exc.partial)} bytes and closed the "
+                           "connection (truncated transfer)") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise WeightsError(f"{url}: {reason}") from None
     return digest.hexdigest()
